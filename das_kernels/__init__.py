@@ -1,7 +1,7 @@
 """das_kernels: fused kernels for Differentiable Augmentation Search.
 
 Public API: ``multi_affine_warp``, ``softmax_affine_warp``, ``gsf_pool``, ``gsf_fuse``,
-``gsf_shift_fuse``, ``temporal_shift``, ``backend_report``, and the
+``gsf_shift_fuse``, ``gsf_module``, ``temporal_shift``, ``backend_report``, and the
 modules in ``das_kernels.nn``; transform families in ``das_kernels.affine``; pure-PyTorch
 references in ``das_kernels.reference``.
 """
@@ -10,6 +10,7 @@ from das_kernels import affine, backends, nn, reference
 from das_kernels.backends import backend_report
 from das_kernels.ops import (
     gsf_fuse,
+    gsf_module,
     gsf_pool,
     gsf_shift_fuse,
     multi_affine_warp,
@@ -24,6 +25,7 @@ __all__ = [
     "backend_report",
     "backends",
     "gsf_fuse",
+    "gsf_module",
     "gsf_pool",
     "gsf_shift_fuse",
     "multi_affine_warp",

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from das_kernels.ops import gsf_gate, gsf_shift_fuse, multi_affine_warp, temporal_shift
-from das_kernels.ops._common import check_tensor
+from das_kernels.ops import gsf_module, multi_affine_warp, temporal_shift
 from das_kernels.reference import gsf_channels
 
 __all__ = ["GSF", "MultiAffineWarp", "TemporalShift"]
@@ -60,21 +58,25 @@ class GSF(nn.Module):
         self.channel_conv1 = nn.Conv2d(2, 1, (3, 3), padding=(1, 1))
         self.channel_conv2 = nn.Conv2d(2, 1, (3, 3), padding=(1, 1))
 
-    def gate(self, x: torch.Tensor) -> torch.Tensor:
-        """(B*T, 2, H, W) gate maps: tanh(conv3D(relu(bn(x[:, :G])))) in the frame layout."""
-        # in place: BatchNorm's backward does not need its output; saves one x-sized buffer
-        a = F.relu(self.bn(x[:, : self.fPlane]), inplace=True)
-        return gsf_gate(a, self.conv3D.weight, self.conv3D.bias, self.num_segments)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B*T, C, H, W) -> (B*T, C, H, W), C >= fPlane."""
-        check_tensor("x", x, (4,))
-        if x.shape[1] < self.fPlane:
-            raise ValueError(f"x has {x.shape[1]} channels, GSF gates fPlane={self.fPlane}")
-        convs = (self.channel_conv1, self.channel_conv2)
-        weight = torch.cat([c.weight for c in convs])
-        bias = torch.cat([c.bias for c in convs])
-        return gsf_shift_fuse(x, self.gate(x), weight, bias, self.num_segments, self.fPlane)
+        convs, bn = (self.channel_conv1, self.channel_conv2), self.bn
+        return gsf_module(
+            x,
+            self.conv3D.weight,
+            self.conv3D.bias,
+            torch.cat([c.weight for c in convs]),
+            torch.cat([c.bias for c in convs]),
+            bn.weight,
+            bn.bias,
+            bn.running_mean,
+            bn.running_var,
+            self.num_segments,
+            training=bn.training or not bn.track_running_stats,
+            momentum=bn.momentum,
+            eps=bn.eps,
+            num_batches_tracked=bn.num_batches_tracked,
+        )
 
     def extra_repr(self) -> str:
         return f"fPlane={self.fPlane}, num_segments={self.num_segments}"

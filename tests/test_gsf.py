@@ -109,6 +109,46 @@ def test_module_matches_official(device, backend, train, case):
         torch.testing.assert_close(ours.state_dict()[key].cpu(), value, **tol)
 
 
+@pytest.mark.parametrize("device,backend", BACKEND_PARAMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_module_low_precision_matches_official(device, backend, dtype):
+    if backend == "reference" and dtype != torch.float32:
+        pytest.skip("the reference is its own ground truth")
+    if backend == "triton" and device == "cpu" and dtype != torch.float32:
+        pytest.skip("the Triton interpreter has no half arithmetic")
+    C, ratio, B, T, H, W = MODULE_CASES["r50-T3-5x4"]
+    ref, ours = make_modules(C, T, ratio)
+    ours.to(device)
+    x, grad_out = randn(B * T, C, H, W, seed=1), randn(B * T, C, H, W, seed=2)
+    x_ref = x.clone().requires_grad_(True)
+    want = ref(x_ref)
+    want_grads = torch.autograd.grad(want, [x_ref, *ref.parameters()], grad_out)
+    x_ours = x.to(device, dtype).requires_grad_(True)
+    with backends.use(backend):
+        got = ours(x_ours)  # float64 parameters, x in dtype: as under autocast
+        got_grads = torch.autograd.grad(got, [x_ours, *ours.parameters()], grad_out.to(got))
+    assert got.dtype == dtype
+    tol = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1.5e-1}[dtype]
+    torch.testing.assert_close(got.cpu().double(), want, atol=tol, rtol=tol)
+    for g, w in zip(got_grads, want_grads):
+        scale = w.abs().max().item() + 1
+        torch.testing.assert_close(g.cpu().double() / scale, w / scale, atol=tol, rtol=tol)
+
+
+def test_module_saves_no_activation_sized_tensor():
+    """nn.GSF's backward keeps x and (N, 2, H, W)-sized tensors only: no BN output, ReLU
+    output, gate-conv input or shift/fusion intermediate (the official module keeps ~8)."""
+    C, T, H, W = 16, 4, 6, 5
+    _, ours = make_modules(C, T, 100)
+    x = randn(2 * T, C, H, W).requires_grad_(True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        ours(x)
+    big = [t for t in saved if t.numel() > 2 * T * 2 * H * W]
+    assert len(big) == 1 and big[0].data_ptr() == x.data_ptr(), [t.shape for t in big]
+    assert sum(t.numel() for t in saved) < 1.5 * x.numel()
+
+
 def test_state_dict_round_trips_in_the_official_format():
     ref, ours = make_modules(16, 4, 50)
     assert list(ours.state_dict()) == list(ref.state_dict())
@@ -343,6 +383,40 @@ def test_opcheck(device, backend):
             torch.library.opcheck(op.default, args)
 
 
+def module_op_args(device, dtype, batch_stats, B=2, T=3, C=12, G=8, H=3, W=4):
+    """Arguments of das_kernels::gsf_module (tensors as leaves)."""
+    x = randn(B * T, C, H, W, seed=40)
+    params = [
+        randn(*shape, seed=41 + i) * 0.5
+        for i, shape in enumerate([(2, G // 2, 3, 3, 3), (2,), (2, 2, 3, 3), (2,), (G,), (G,)])
+    ]
+    mean = x[:, :G].mean((0, 2, 3)) if batch_stats else randn(G, seed=50)
+    invstd = (x[:, :G].var((0, 2, 3)) + 1e-5).rsqrt() if batch_stats else randn(G, seed=51).exp()
+    leaves = [t.to(device, dtype).requires_grad_(True) for t in (x, *params)]
+    return leaves, [mean.to(device, dtype), invstd.to(device, dtype)], T
+
+
+@pytest.mark.parametrize("device,backend", BACKEND_PARAMS)
+@pytest.mark.parametrize("training", [True, False], ids=["batch-stats", "running-stats"])
+def test_module_op_gradcheck_and_opcheck(device, backend, training):
+    if backend == "triton" and device == "cpu" and not training:
+        pytest.skip("the Triton interpreter is slow: batch statistics only")
+    leaves, _, T = module_op_args(device, torch.float64, training)
+    running = [randn(8, seed=52).to(device), randn(8, seed=53).exp().to(device)]
+
+    def module(x, gate_w, gate_b, fuse_w, fuse_b, bn_w, bn_b):
+        stats = [r.clone() for r in running]  # the op updates them in training
+        return das_kernels.gsf_module(
+            x, gate_w, gate_b, fuse_w, fuse_b, bn_w, bn_b, *stats, T, training=training
+        )
+
+    with backends.use(backend):
+        assert torch.autograd.gradcheck(module, leaves, fast_mode=True)
+        leaves32, stats, T = module_op_args(device, torch.float32, training)
+        args = (*leaves32, *(s.float() for s in stats), training, T)
+        torch.library.opcheck(torch.ops.das_kernels.gsf_module.default, args)
+
+
 def test_compile_fullgraph_module():
     """torch.compile(fullgraph=True) traces nn.GSF with the ops: same values and gradients."""
     _, module = make_modules(16, 2, 50)
@@ -467,3 +541,8 @@ def test_bad_inputs_raise_clear_errors():
         dnn.GSF(8, num_segments=3)(x.float())
     with pytest.raises(ValueError, match="x has 8 channels"):
         dnn.GSF(16)(x)  # fewer channels than the module gates
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        dnn.GSF(8, num_segments=1)(x[:1, :, :1, :1])
+    module = dnn.GSF(8, num_segments=2)
+    with pytest.raises(ValueError, match="fuse_weight must be"):
+        das_kernels.gsf_module(x, module.conv3D.weight, None, w, None, None, None, None, None, 2)

@@ -241,17 +241,27 @@ def _check(
     N, C, H, W = x.shape
     T = check_int("num_segments", num_segments)
     G = C if n_gsf is None else check_int("n_gsf", n_gsf)
-    if x.numel() == 0:
-        raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
-    if N % T:
-        raise ValueError(f"x has {N} frames (dim 0), not divisible by num_segments={T}")
-    if G % 4 or G > C:
-        raise ValueError(f"n_gsf must be a multiple of 4 and <= C={C} (x's channels), got {G}")
+    x = check_frames(x, T, G)
     if gate.shape != (N, 2, H, W):
         raise ValueError(
             f"gate must have shape {(N, 2, H, W)} (N, 2, H, W), got {tuple(gate.shape)}"
         )
-    return x.contiguous(), gate.to(x.dtype).contiguous(), T, G
+    return x, gate.to(x.dtype).contiguous(), T, G
+
+
+def check_frames(x: Tensor, num_segments: int, n_gsf: int) -> Tensor:
+    """x checked as non-empty (B*T, C, H, W) frames with n_gsf gated channels; contiguous."""
+    N, C = x.shape[:2]
+    if x.numel() == 0:
+        raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
+    if n_gsf % 4 or n_gsf > C:
+        raise ValueError(
+            f"n_gsf (gated channels) must be a multiple of 4 and at most x's channels: "
+            f"x has {C} channels, n_gsf={n_gsf}"
+        )
+    if N % num_segments:
+        raise ValueError(f"x has {N} frames (dim 0), not divisible by num_segments={num_segments}")
+    return x.contiguous()
 
 
 def gsf_pool(x: Tensor, gate: Tensor, num_segments: int, n_gsf: int | None = None) -> Tensor:
@@ -329,6 +339,57 @@ def _gate_conv(a: Tensor, weight: Tensor, bias: Tensor, T: int) -> Tensor:
     return torch.tanh(gate + bias.view(1, 1, 2, 1, 1)).reshape(N, 2, H, W)
 
 
+def gate_backward(
+    a: Tensor, weight: Tensor, gate: Tensor, grad_gate: Tensor, num_segments: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of ``gsf_gate(a, weight, bias)`` for (a, weight, bias) given its output
+    ``gate`` and ``grad_gate``, by the same path (CPU: GEMM, else grouped Conv2d); a, weight
+    and gate share one dtype. Used by ``gsf_module``'s backward, which recomputes ``a``."""
+    path = _gate_gemm_backward if a.device.type == "cpu" else _gate_conv_backward
+    return path(a, weight, gate, grad_gate, num_segments)
+
+
+def _gate_gemm_backward(
+    a: Tensor, weight: Tensor, gate: Tensor, grad_gate: Tensor, T: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    N, G, H, W = a.shape
+    grad_taps, grad_bias = _taps_backward(grad_gate, gate, T)
+    grad_taps = grad_taps.view(N, 2, 27, H * W)
+    kernel = weight.reshape(2, G // 2, 27)  # (group, channel, tap)
+    grad_a = torch.matmul(kernel, grad_taps).view(N, G, H, W)
+    grad_kernel = torch.matmul(a.reshape(N, 2, G // 2, H * W), grad_taps.transpose(2, 3)).sum(0)
+    return grad_a, grad_kernel.view(weight.shape), grad_bias
+
+
+def _gate_conv_backward(
+    a: Tensor, weight: Tensor, gate: Tensor, grad_gate: Tensor, T: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    N, G, H, W = a.shape
+    grad_pre = (grad_gate * (1 - gate * gate)).view(N // T, T, 2, H, W)  # through the tanh
+    zero = grad_pre.new_zeros(N // T, 1, 2, H, W)
+    # tap 0 of frame t feeds frame t + 1, tap 1 frame t, tap 2 frame t - 1
+    grad_taps = torch.stack(
+        [torch.cat([grad_pre[:, 1:], zero], 1), grad_pre, torch.cat([zero, grad_pre[:, :-1]], 1)],
+        dim=3,
+    )
+    weight2d = weight.permute(0, 2, 1, 3, 4).reshape(6, G // 2, 3, 3)
+    grad_a, grad_weight2d, _ = torch.ops.aten.convolution_backward(
+        grad_taps.view(N, 6, H, W),
+        a,
+        weight2d,
+        None,
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        False,
+        [0, 0],
+        2,
+        [True, True, False],
+    )
+    grad_weight = grad_weight2d.view(2, 3, G // 2, 3, 3).permute(0, 2, 1, 3, 4)
+    return grad_a, grad_weight, grad_pre.sum((0, 1, 3, 4))
+
+
 def gsf_shift_fuse(
     x: Tensor,
     gate: Tensor,
@@ -387,7 +448,25 @@ def _shift_fuse_setup_context(ctx, inputs, output):
 
 def _shift_fuse_autograd(ctx, grad_out, _):
     x, gate, weight, bias, pooled = ctx.saved_tensors
-    T, G = ctx.num_segments, ctx.n_gsf
+    grad_x, grad_gate, grad_weight, grad_bias = shift_fuse_backward(
+        grad_out, x, gate, weight, bias, pooled, ctx.num_segments, ctx.n_gsf
+    )
+    return grad_x, grad_gate, grad_weight, grad_bias, None, None
+
+
+def shift_fuse_backward(
+    grad_out: Tensor,
+    x: Tensor,
+    gate: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    pooled: Tensor,
+    num_segments: int,
+    n_gsf: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of ``gsf_shift_fuse`` for (x, gate, fuse_weight, fuse_bias) from its saved
+    inputs and ``pooled``; one x-sized buffer (grad_x)."""
+    T, G = num_segments, n_gsf
     w = _fusion_weights(pooled, weight, bias)
     grad_x, grad_gate, grad_w = _fuse_backward(grad_out, x, gate, w.to(x.dtype), T, G)
     grad_pre = grad_w.to(w.dtype) * w * (1 - w)  # through the sigmoid
@@ -406,7 +485,7 @@ def _shift_fuse_autograd(ctx, grad_out, _):
     )
     # adds the pool's input gradient into grad_x in place: no second x-sized gradient
     grad_gate_pool = _pool_backward_accumulate(grad_x, grad_pooled.to(x.dtype), x, gate, T, G)
-    return grad_x, grad_gate + grad_gate_pool, grad_weight, grad_bias, None, None
+    return grad_x, grad_gate + grad_gate_pool, grad_weight, grad_bias
 
 
 @torch.library.custom_op("das_kernels::gsf_pool_backward_accumulate", mutates_args=("grad_x",))
