@@ -222,6 +222,21 @@ def test_gate_paths_match_official_conv3d(path, backend):
         torch.testing.assert_close(g, w, atol=1e-11, rtol=0)
 
 
+@pytest.mark.parametrize("path", ["gemm", "conv"])
+def test_gate_backward_paths_match_autograd(path):
+    """gsf_module's explicit gate backward (both paths, run on CPU) equals autograd."""
+    B, T, G, H, W = 2, 3, 8, 4, 5
+    a = torch.relu(randn(B * T, G, H, W, seed=60))
+    weight, bias = randn(2, G // 2, 3, 3, 3, seed=61), randn(2, seed=62)
+    grad = randn(B * T, 2, H, W, seed=63)
+    forward = gsf_ops._gate_gemm if path == "gemm" else gsf_ops._gate_conv
+    backward = gsf_ops._gate_gemm_backward if path == "gemm" else gsf_ops._gate_conv_backward
+    gate, want = expected(lambda a, w, b: forward(a, w, b, T), (a, weight, bias), grad)
+    got = backward(a, weight, gate, grad, T)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize("hw", [(3, 4), (1, 1), (1, 5)])
 def test_gate_taps_kernels_match_reference(hw):
     if _reason("cpu", "cpp"):
