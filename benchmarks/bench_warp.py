@@ -15,6 +15,7 @@ measured copy bandwidth.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -145,7 +146,12 @@ def unavailable(provider: str, device: str) -> str | None:
 def workload(provider: str, case: Case, mode: str, device: str) -> Callable[[], None]:
     """A no-argument callable running `mode` of `provider` on fresh inputs made once."""
     fn = provider_fn(provider)
+    backend = OURS_BACKEND.get(provider)
     x, theta, weights = inputs(case, device, grad=mode != "forward")
+
+    def ctx():  # the backward resolves its backend when it runs: force it there too
+        return backends.use(backend) if backend else contextlib.nullcontext()
+
     if mode == "forward":
 
         def run():
@@ -155,9 +161,19 @@ def workload(provider: str, case: Case, mode: str, device: str) -> Callable[[], 
         return run
     grad_out = torch.randn(case.B, case.T, case.C, case.H, case.W, device=device)
     if mode == "fwd+bwd":
-        return lambda: fn(x, theta, weights).backward(grad_out)
+
+        def run_both():
+            with ctx():
+                fn(x, theta, weights).backward(grad_out)
+
+        return run_both
     out = fn(x, theta, weights)
-    return lambda: out.backward(grad_out, retain_graph=True)
+
+    def run_backward():
+        with ctx():
+            out.backward(grad_out, retain_graph=True)
+
+    return run_backward
 
 
 def bytes_moved(case: Case, mode: str) -> int:

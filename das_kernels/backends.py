@@ -1,6 +1,7 @@
 """Which implementation of an op runs, per device, and why the others cannot.
 
-Priority per device type: CUDA: triton -> cuda -> reference; CPU: cpp -> reference.
+Priority per device type: CUDA: triton -> cuda -> reference (multi_affine_warp: cuda first,
+see ``OP_PRIORITY``); CPU: cpp -> reference.
 Triton on CPU runs only through the interpreter (``TRITON_INTERPRET=1``) and only when
 asked for. ``DAS_KERNELS_BACKEND=triton|cuda|cpp|reference`` (or :func:`use`) forces one:
 a forced backend that cannot run raises with the reason; the automatic choice falls back
@@ -20,6 +21,9 @@ import torch
 
 BACKENDS = ("triton", "cuda", "cpp", "reference")
 PRIORITY = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")}
+# Per-op exceptions, from measurements (benchmarks/bench_warp.py --device cuda --shapes gpu,
+# H100): the native CUDA warp beats Triton's, 1.04 vs 1.17 ms forward, 2.87 vs 8.51 ms backward.
+OP_PRIORITY = {("cuda", "multi_affine_warp"): ("cuda", "triton", "reference")}
 ENV_VAR = "DAS_KERNELS_BACKEND"
 
 _forced: list[str] = []
@@ -113,7 +117,8 @@ def resolve(device: torch.device | str, op: str | None = None) -> str:
             raise BackendUnavailable(f"backend {forced!r} cannot run on {device_type}: {reason}")
         return forced
     skipped = []
-    for name in PRIORITY.get(device_type, ("reference",)):
+    order = OP_PRIORITY.get((device_type, op)) or PRIORITY.get(device_type, ("reference",))
+    for name in order:
         reason = unavailable_reason(name, device_type, op)
         if reason is None:
             if skipped and (device_type, name, op) not in _warned:

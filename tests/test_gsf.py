@@ -426,7 +426,9 @@ def test_module_op_gradcheck_and_opcheck(device, backend, training):
         )
 
     with backends.use(backend):
-        assert torch.autograd.gradcheck(module, leaves, fast_mode=True)
+        # cuDNN's float64 conv backward (the gate conv on GPUs) is not bitwise reentrant
+        nondet = 1e-12 if gsf_ops.gate_path(torch.device(device)) == "conv" else 0.0
+        assert torch.autograd.gradcheck(module, leaves, fast_mode=True, nondet_tol=nondet)
         leaves32, stats, T = module_op_args(device, torch.float32, training)
         args = (*leaves32, *(s.float() for s in stats), training, T)
         torch.library.opcheck(torch.ops.das_kernels.gsf_module.default, args)

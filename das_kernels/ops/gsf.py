@@ -66,6 +66,8 @@ in time and space); ``gsf_gate_taps_backward(grad_gate, gate, num_segments) ->
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -312,7 +314,18 @@ def gsf_gate(a: Tensor, weight: Tensor, bias: Tensor | None, num_segments: int) 
     if N % T:
         raise ValueError(f"a has {N} frames (dim 0), not divisible by num_segments={T}")
     bias = weight.new_zeros(2) if bias is None else bias
-    return (_gate_gemm if a.device.type == "cpu" else _gate_conv)(a, weight, bias, T)
+    return (_gate_gemm if gate_path(a.device) == "gemm" else _gate_conv)(a, weight, bias, T)
+
+
+def gate_path(device: torch.device) -> str:
+    """``gemm`` (batched GEMM + gsf_gate_taps) or ``conv`` (grouped Conv2d): the gate conv's
+    implementation on `device`; ``DAS_KERNELS_GSF_GATE`` overrides the default."""
+    forced = os.environ.get("DAS_KERNELS_GSF_GATE")
+    if forced is not None:
+        if forced not in ("gemm", "conv"):
+            raise ValueError(f"DAS_KERNELS_GSF_GATE must be 'gemm' or 'conv', got {forced!r}")
+        return forced
+    return "gemm" if device.type == "cpu" else "conv"
 
 
 def _gate_gemm(a: Tensor, weight: Tensor, bias: Tensor, T: int) -> Tensor:
@@ -345,7 +358,7 @@ def gate_backward(
     """Gradients of ``gsf_gate(a, weight, bias)`` for (a, weight, bias) given its output
     ``gate`` and ``grad_gate``, by the same path (CPU: GEMM, else grouped Conv2d); a, weight
     and gate share one dtype. Used by ``gsf_module``'s backward, which recomputes ``a``."""
-    path = _gate_gemm_backward if a.device.type == "cpu" else _gate_conv_backward
+    path = _gate_gemm_backward if gate_path(a.device) == "gemm" else _gate_conv_backward
     return path(a, weight, gate, grad_gate, num_segments)
 
 

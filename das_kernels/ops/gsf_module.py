@@ -5,7 +5,8 @@ Peak memory is the point. The official module keeps the normalised activations, 
 conv's input and every intermediate of the shift and fusion for its backward. This node
 saves only x (the caller holds it anyway), the (N, 2, H, W) gate maps, the pooled features
 and the per-channel statistics. Its forward and backward recompute ``a = relu(bn(x[:, :G]))``
-a few clips at a time (``CLIP_CHUNKS`` pieces), so no activation-sized tensor outlives a
+a few clips at a time (CPU: ``CLIP_CHUNKS`` pieces; GPU: pieces of ``GPU_CHUNK_BYTES`` or
+more, where launches would dominate small ones), so no activation-sized tensor outlives a
 chunk. The backward writes every input gradient into the one x-sized ``grad_x`` that
 ``gsf_shift_fuse``'s backward makes. BatchNorm's backward is linear in the ReLU gradient
 ``dy``::
@@ -45,12 +46,18 @@ from das_kernels.ops.gsf import (
 __all__ = ["gsf_module"]
 
 Tensor = torch.Tensor
-CLIP_CHUNKS = 8  # activations are recomputed in this many pieces of whole clips
+CLIP_CHUNKS = 8  # CPU: activations are recomputed in this many pieces of whole clips
+GPU_CHUNK_BYTES = 128 << 20  # GPU: pieces of at least this many activation bytes (launches)
 
 
-def _clip_slices(n_frames: int, T: int) -> list[slice]:
-    clips = n_frames // T
-    per = -(-clips // CLIP_CHUNKS)
+def _clip_slices(x: Tensor, T: int, G: int) -> list[slice]:
+    """Pieces of whole clips of x's frames for the recomputation of the activations."""
+    clips = x.shape[0] // T
+    chunks = CLIP_CHUNKS
+    if x.device.type != "cpu":
+        nbytes = x.shape[0] * G * x.shape[2] * x.shape[3] * x.element_size()
+        chunks = min(CLIP_CHUNKS, -(-nbytes // GPU_CHUNK_BYTES))
+    per = -(-clips // chunks)
     return [slice(c * T, min(clips, c + per) * T) for c in range(0, clips, per)]
 
 
@@ -79,7 +86,7 @@ def _gsf_module(
     shift = bn_bias.to(invstd.dtype) - mean * scale
     weight, bias = gate_weight.to(x.dtype), gate_bias.to(x.dtype)
     gate = x.new_empty(x.shape[0], 2, *x.shape[2:])
-    for s in _clip_slices(x.shape[0], T):
+    for s in _clip_slices(x, T, G):
         gate[s] = gsf_gate(_bn_relu(x[s, :G], scale, shift), weight, bias, T)
     out, pooled = _shift_fuse(x, gate, fuse_weight, fuse_bias, T, G)
     return out, gate, pooled
@@ -112,7 +119,7 @@ def _backward(ctx, grad_out, _gate, _pooled):
     grad_gate_w = torch.zeros_like(gate_w, dtype=acc)
     grad_gate_b = torch.zeros_like(gate_b, dtype=acc)
     sum_dy, sum_dy_x = torch.zeros_like(mean), torch.zeros_like(mean)
-    slices = _clip_slices(x.shape[0], T)
+    slices = _clip_slices(x, T, G)
     for s in slices:
         xg = x[s, :G]
         a = _bn_relu(xg, scale, shift)

@@ -1,0 +1,190 @@
+"""Benchmark one DAS search step with the fused das_kernels ops against the reference ops.
+
+    python benchmarks/bench_search_step.py                  # B32 T8 32x32 resnet18 + GSF
+    python benchmarks/bench_search_step.py --device cuda --amp
+    python benchmarks/bench_search_step.py --quick          # tiny config (resnet_tiny, 16x16)
+
+One step is what ``das.search.Searcher.train_epoch`` does per step (first order by
+default): ``searcher.arch_step(xt, yt, xv, yv)`` (Adam on tau) then ``das.engine.
+weight_step`` (SGD on the backbone), on batches from the searcher's own weight and arch
+streams (bundled digits resized to ``--image-size``; batch creation is not timed, as in
+the search). The searcher is built by the real CLI (``das.search.build_parser``) and run
+under ``das.runtime.ops_backend("fused" | "reference")``, a fresh searcher per backend with
+the same seed. Reported per backend: median seconds per step (and its arch / weight parts)
+over ``--steps`` steps after ``--warmup`` steps (CUDA synchronised), speedup of fused over
+reference, the losses of the first step (arch / weight; fused and reference must agree to
+rounding) and on CUDA the peak memory allocated during the timed steps. A table, and JSON
+(``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as H  # noqa: E402
+
+from das import cli, search  # noqa: E402
+from das.engine import cosine_lr, set_lr, weight_step  # noqa: E402
+from das.runtime import DistEnv, ops_backend, resolve_device  # noqa: E402
+
+BACKENDS = ("fused", "reference")
+FULL = dict(arch="resnet18", batch_size=32, frames=8, image_size=32)
+QUICK = dict(arch="resnet_tiny", batch_size=8, frames=4, image_size=16)
+
+
+def search_argv(
+    arch: str, batch_size: int, frames: int, image_size: int, device: str, amp: bool, order: int
+) -> list[str]:
+    """The ``python -m das.search`` arguments of the benchmarked configuration."""
+    argv = ["--data", "digits", "--image-size", str(image_size), "--frames", str(frames)]
+    argv += ["--arch", arch, "--fusion", "gsf", "--batch-size", str(batch_size)]
+    argv += ["--order", str(order), "--device", device, "--no-progress"]
+    return argv + (["--amp"] if amp else [])
+
+
+def make_searcher(argv: list[str], backend: str, out: str) -> search.Searcher:
+    """A Searcher as ``python -m das.search ARGV --ops-backend BACKEND`` builds it."""
+    parser = search.build_parser()
+    args = parser.parse_args([*argv, "--ops-backend", backend, "--out", out])
+    cli.check_common(parser, args)
+    cfg = search._config(args)
+    env = DistEnv(device=resolve_device(cfg["device"]))
+    with ops_backend(backend):
+        return search.Searcher(cfg, env)
+
+
+def search_step(s: search.Searcher, step: int) -> tuple[float, float, float, float]:
+    """One step exactly as ``Searcher.train_epoch``: (arch s, weight s, arch loss, w loss)."""
+    cfg = s.cfg
+    set_lr(s.w_opt, cosine_lr(step, s.total_steps, cfg["w_lr"], cfg["w_lr_min"]))
+    xt, yt = next(s.w_stream)
+    xv, yv = next(s.a_stream)
+    s._sync()
+    t0 = time.perf_counter()
+    a_loss, _ = s.arch_step(xt, yt, xv, yv)
+    s._sync()
+    t1 = time.perf_counter()
+    w_loss, _ = weight_step(s.cell, s.ddp_backbone, s.w_opt, xt, yt, cfg["grad_clip"], cfg["amp"])
+    s._sync()
+    return t1 - t0, time.perf_counter() - t1, a_loss, w_loss
+
+
+def measure(argv: list[str], backend: str, steps: int, warmup: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as out:
+        s = make_searcher(argv, backend, out)
+        cuda = s.dev.type == "cuda"
+        with ops_backend(backend):
+            ops = search._backend_name(s.dev, backend)
+            first = search_step(s, 0)
+            for i in range(1, warmup):
+                search_step(s, i)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(s.dev)
+            timed = [search_step(s, warmup + i) for i in range(steps)]
+            peak = torch.cuda.max_memory_allocated(s.dev) if cuda else None
+        del s
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    arch = [t[0] for t in timed]
+    weight = [t[1] for t in timed]
+    return dict(
+        backend=backend,
+        das_kernels=ops,
+        s_per_step=statistics.median(a + w for a, w in zip(arch, weight)),
+        s_arch=statistics.median(arch),
+        s_weight=statistics.median(weight),
+        first_arch_loss=first[2],
+        first_weight_loss=first[3],
+        first_losses=f"{first[2]:.6f} / {first[3]:.6f}",
+        peak_bytes=peak,
+        peak=H.fmt_bytes(peak) if cuda else "n/a",
+        steps=steps,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
+    parser.add_argument("--arch", default=None, help=f"backbone (default {FULL['arch']})")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 32")
+    parser.add_argument("--frames", type=int, default=None, help="T (default 8)")
+    parser.add_argument("--image-size", type=int, default=None, help="default 32")
+    parser.add_argument("--order", type=int, choices=(1, 2), default=1, help="DARTS order")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (CPU 3, CUDA 20)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps (CPU 1, CUDA 3)")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny config: resnet_tiny, B8, T4, 16x16"
+    )
+    parser.add_argument(
+        "--json",
+        default=None,
+        help="output path (default benchmarks/results/bench_search_step_<device>.json)",
+    )
+    args = parser.parse_args(argv)
+
+    device = (
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    if args.amp and device != "cuda":
+        parser.error("--amp needs CUDA")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = QUICK if args.quick else FULL
+    config = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in base.items()}
+    steps = args.steps or (20 if device == "cuda" else 3)
+    warmup = args.warmup if args.warmup is not None else (3 if device == "cuda" else 1)
+    warmup = max(warmup, 1)  # the first step (JIT builds, autotuning) is never timed
+    run_argv = search_argv(**config, device=device, amp=args.amp, order=args.order)
+    print(
+        f"device {device}; search step of {config} order {args.order}"
+        f"{' amp' if args.amp else ''}; {warmup} warm-up + {steps} timed steps; "
+        f"{H.environment()}",
+        flush=True,
+    )
+    rows = [measure(run_argv, backend, steps, warmup) for backend in args.backends]
+    by_name = {r["backend"]: r for r in rows}
+    if "reference" in by_name:
+        ref = by_name["reference"]
+        for r in rows:
+            r["x_vs_reference"] = ref["s_per_step"] / r["s_per_step"]
+            if r["peak_bytes"] and ref["peak_bytes"]:
+                r["mem_vs_reference"] = r["peak_bytes"] / ref["peak_bytes"]
+    columns = ["backend", "das_kernels", "s_per_step", "s_arch", "s_weight", "x_vs_reference"]
+    columns += ["peak", "mem_vs_reference", "first_losses"]
+    H.print_table(rows, columns)
+    out = args.json or f"benchmarks/results/bench_search_step_{device}.json"
+    H.write_json(
+        out,
+        {
+            "benchmark": "das_search_step",
+            "device": device,
+            "config": {**config, "order": args.order, "amp": args.amp, "fusion": "gsf"},
+            "search_argv": run_argv,
+            "warmup": warmup,
+            "environment": H.environment(),
+            "rows": rows,
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
