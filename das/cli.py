@@ -189,6 +189,12 @@ def add_runtime_args(p: argparse.ArgumentParser, out_default: str) -> None:
         default=None,
         help="torch CPU threads (default: torch's choice)",
     )
+    g.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic algorithms (cuDNN, cuBLAS, das_kernels backward): CUDA runs repeat "
+        "bit for bit and --resume equals an uninterrupted run; slower (CPU: always)",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

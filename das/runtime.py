@@ -23,6 +23,7 @@ __all__ = [
     "all_reduce_",
     "atomic_save",
     "broadcast_buffers",
+    "deterministic",
     "get_rng_state",
     "init_distributed",
     "load_checkpoint",
@@ -118,6 +119,31 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic(enabled: bool) -> Iterator[None]:
+    """With `enabled`: deterministic algorithms (torch's, cuDNN's, cuBLAS's and das_kernels'
+    deterministic backward paths) inside the block, so CUDA runs repeat bit for bit (a
+    resumed run equals an uninterrupted one); ops without a deterministic CUDA kernel warn.
+    CPU runs are reproducible either way. The previous settings are restored on exit."""
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read by cuBLAS at use
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2:]
 
 
 def get_rng_state() -> dict[str, Any]:

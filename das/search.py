@@ -42,6 +42,7 @@ from das.runtime import (
     atomic_save,
     atomic_write_text,
     broadcast_buffers,
+    deterministic,
     get_rng_state,
     init_distributed,
     load_checkpoint,
@@ -54,7 +55,14 @@ from das.select import EdgeRecord, edge_order, select_ops
 
 __all__ = ["Searcher", "build_parser", "main", "run_search"]
 
-RUNTIME_KEYS = ("out", "device", "no_progress", "threads", "ops_backend", "resume")
+RUNTIME_KEYS = (
+    "out",
+    "device",
+    "no_progress",
+    "threads",
+    "ops_backend",
+    "resume",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -699,7 +707,7 @@ def run_search(cfg: dict[str, Any], env: DistEnv | None = None) -> dict[str, Any
             print(f"--resume: no checkpoint at {ckpt_path}; starting a new search", file=sys.stderr)
         if env.is_main:
             Path(cfg["out"]).mkdir(parents=True, exist_ok=True)
-        with ops_backend(cfg["ops_backend"]):
+        with ops_backend(cfg["ops_backend"]), deterministic(cfg.get("deterministic", False)):
             searcher = Searcher(cfg, env)
             if ckpt is not None:
                 searcher.load_state_dict(ckpt)

@@ -36,6 +36,7 @@ from das.runtime import (
     atomic_save,
     atomic_write_text,
     broadcast_buffers,
+    deterministic,
     get_rng_state,
     init_distributed,
     load_checkpoint,
@@ -48,7 +49,15 @@ from das.variants import NEEDS_GENOTYPE, VARIANTS, VIDEO_VARIANTS, build_network
 
 __all__ = ["Trainer", "build_parser", "main", "run_ablation", "run_train"]
 
-RUNTIME_KEYS = ("out", "device", "no_progress", "threads", "ops_backend", "resume", "eval_only")
+RUNTIME_KEYS = (
+    "out",
+    "device",
+    "no_progress",
+    "threads",
+    "ops_backend",
+    "resume",
+    "eval_only",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -378,7 +387,7 @@ def run_train(
             if ckpt and ckpt["genotype"]
             else _genotype(cfg["genotype"], cfg)
         )
-        with ops_backend(cfg["ops_backend"]):
+        with ops_backend(cfg["ops_backend"]), deterministic(cfg.get("deterministic", False)):
             trainer = Trainer(cfg, env, bundle or _load_bundle(cfg), genotype)
             if ckpt is not None:
                 trainer.load_state_dict(ckpt)

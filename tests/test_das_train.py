@@ -41,7 +41,7 @@ def genotype_file(tmp_path):
 
 
 def test_train_das_resume_and_eval(tmp_path, genotype_file, monkeypatch, capsys):
-    args = [*TINY, "--genotype", str(genotype_file), "--epochs", "3"]
+    args = [*TINY, "--genotype", str(genotype_file), "--epochs", "3", "--deterministic"]
     full = tmp_path / "full"
     assert train.main([*args, "--out", str(full)]) == 0
     result = json.loads((full / "result.json").read_text())
