@@ -61,6 +61,12 @@ def _clip_slices(x: Tensor, T: int, G: int) -> list[slice]:
     return [slice(c * T, min(clips, c + per) * T) for c in range(0, clips, per)]
 
 
+def _bn_affine(weight: Tensor, bias: Tensor, mean: Tensor, invstd: Tensor) -> tuple[Tensor, Tensor]:
+    """(scale, shift) with bn(x) = x * scale + shift per channel, in invstd's dtype."""
+    scale = weight.to(invstd.dtype) * invstd
+    return scale, bias.to(invstd.dtype) - mean * scale
+
+
 def _bn_relu(xg: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """relu(xg * scale + shift) per channel, in xg's dtype (computed in scale's)."""
     a = torch.addcmul(shift.view(1, -1, 1, 1), xg, scale.view(1, -1, 1, 1)).relu_()
@@ -82,8 +88,7 @@ def _gsf_module(
     num_segments: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     T, G = num_segments, 2 * gate_weight.shape[1]
-    scale = bn_weight.to(invstd.dtype) * invstd
-    shift = bn_bias.to(invstd.dtype) - mean * scale
+    scale, shift = _bn_affine(bn_weight, bn_bias, mean, invstd)
     weight, bias = gate_weight.to(x.dtype), gate_bias.to(x.dtype)
     gate = x.new_empty(x.shape[0], 2, *x.shape[2:])
     for s in _clip_slices(x, T, G):
@@ -113,8 +118,7 @@ def _backward(ctx, grad_out, _gate, _pooled):
         grad_out, x, gate, fuse_w, fuse_b, pooled, T, G
     )
     acc = invstd.dtype
-    scale = bn_w.to(acc) * invstd
-    shift = bn_b.to(acc) - mean * scale
+    scale, shift = _bn_affine(bn_w, bn_b, mean, invstd)
     weight = gate_w.to(x.dtype)
     grad_gate_w = torch.zeros_like(gate_w, dtype=acc)
     grad_gate_b = torch.zeros_like(gate_b, dtype=acc)
@@ -155,27 +159,26 @@ def _backward(ctx, grad_out, _gate, _pooled):
 _gsf_module.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _channel_var_mean(xg: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
+def _channel_var_mean(xg: Tensor, acc: torch.dtype, slices: list[slice]) -> tuple[Tensor, Tensor]:
     """Biased variance and mean per channel of (N, G, H, W), in `acc`: centred sums of
-    squares per (frame, channel) plane, combined exactly; a few clips at a time, so half
-    inputs make no x-sized float copy (and it is several times faster than var_mean)."""
-    N, G = xg.shape[:2]
+    squares per (frame, channel) plane, combined exactly; a slice of frames at a time, so
+    half inputs make no x-sized float copy (and it is several times faster than var_mean)."""
+    N, G, H, W = xg.shape
     plane_means, squares = [], 0
-    for i in range(0, N, -(-N // CLIP_CHUNKS)):
-        planes = xg[i : i + -(-N // CLIP_CHUNKS)].reshape(-1, G, xg.shape[2] * xg.shape[3])
-        planes = planes.to(acc)
+    for s in slices:
+        planes = xg[s].reshape(-1, G, H * W).to(acc)
         means = planes.mean(2)
         norms = torch.linalg.vector_norm(planes - means.unsqueeze(2), dim=2)
         squares = squares + norms.square().sum(0)
         plane_means.append(means)
     means = torch.cat(plane_means)
     mean = means.mean(0)
-    hw = xg.shape[2] * xg.shape[3]
-    return (squares / hw + (means - mean).square().sum(0)) / N, mean
+    return (squares / (H * W) + (means - mean).square().sum(0)) / N, mean
 
 
 def _statistics(
     xg: Tensor,
+    num_segments: int,
     running_mean: Tensor | None,
     running_var: Tensor | None,
     num_batches_tracked: Tensor | None,
@@ -197,7 +200,7 @@ def _statistics(
                     f"BatchNorm needs more than 1 value per channel in training, got x of "
                     f"shape {tuple(xg.shape)} (gated part)"
                 )
-            var, mean = _channel_var_mean(xg, acc)
+            var, mean = _channel_var_mean(xg, acc, _clip_slices(xg, num_segments, xg.shape[1]))
             if training and running_mean is not None:
                 if num_batches_tracked is not None:
                     num_batches_tracked.add_(1)
@@ -258,7 +261,7 @@ def gsf_module(
         if t.shape != shape:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
     mean, invstd, batch_stats = _statistics(
-        x[:, :G], running_mean, running_var, num_batches_tracked, training, momentum, eps
+        x[:, :G], T, running_mean, running_var, num_batches_tracked, training, momentum, eps
     )
     out, _, _ = _gsf_module(
         x,
