@@ -163,6 +163,10 @@ def add_model_args(p: argparse.ArgumentParser, fusion_default: str = "gsf") -> N
     )
 
 
+# options of add_runtime_args that a resumed run takes from its command line, not its checkpoint
+RUNTIME_KEYS = ("out", "device", "no_progress", "threads", "ops_backend", "resume")
+
+
 def add_runtime_args(p: argparse.ArgumentParser, out_default: str) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--out", default=out_default, help=f"output directory (default {out_default})")

@@ -55,15 +55,6 @@ from das.select import EdgeRecord, edge_order, select_ops
 
 __all__ = ["Searcher", "build_parser", "main", "run_search"]
 
-RUNTIME_KEYS = (
-    "out",
-    "device",
-    "no_progress",
-    "threads",
-    "ops_backend",
-    "resume",
-)
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -701,7 +692,7 @@ def run_search(cfg: dict[str, Any], env: DistEnv | None = None) -> dict[str, Any
         if cfg.get("resume") and ckpt_path.is_file():
             ckpt = load_checkpoint(ckpt_path, "search")
             saved = dict(ckpt["config"])
-            saved.update({k: cfg[k] for k in RUNTIME_KEYS if k in cfg})
+            saved.update({k: cfg[k] for k in cli.RUNTIME_KEYS if k in cfg})
             cfg = saved
         elif cfg.get("resume") and env.is_main:
             print(f"--resume: no checkpoint at {ckpt_path}; starting a new search", file=sys.stderr)

@@ -49,15 +49,7 @@ from das.variants import NEEDS_GENOTYPE, VARIANTS, VIDEO_VARIANTS, build_network
 
 __all__ = ["Trainer", "build_parser", "main", "run_ablation", "run_train"]
 
-RUNTIME_KEYS = (
-    "out",
-    "device",
-    "no_progress",
-    "threads",
-    "ops_backend",
-    "resume",
-    "eval_only",
-)
+RUNTIME_KEYS = (*cli.RUNTIME_KEYS, "eval_only")
 
 
 def build_parser() -> argparse.ArgumentParser:
