@@ -115,6 +115,18 @@ def _lerp_x(v00, v01, v10, v11, fx):
 
 
 @triton.jit
+def _decode(pid, n_inner, n_cblk, T, C, BLOCK_C: tl.constexpr):
+    """Program id -> (inner index, b (int64), t, channels c, channel mask) for the grid
+    (b, t, channel block, inner), inner fastest (a pixel tile or a group of tiles)."""
+    inner = pid % n_inner
+    rest = pid // n_inner
+    cblk = rest % n_cblk
+    bt = rest // n_cblk
+    c = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
+    return inner, (bt // T).to(tl.int64), bt % T, c, (c < C)[:, None]
+
+
+@triton.jit
 def _forward_kernel(
     x_ptr, theta_ptr, w_ptr, out_ptr,
     Tx, T, K, C, H, W, out_h, out_w, n_ptiles, n_cblk,
@@ -122,15 +134,7 @@ def _forward_kernel(
 ):  # fmt: skip
     """Program (b, t, channel block, pixel tile): out = sum_k w_k * bilinear(x, theta_k)."""
     CT = theta_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    ptile = pid % n_ptiles
-    rest = pid // n_ptiles
-    cblk = rest % n_cblk
-    bt = rest // n_cblk
-    t = bt % T
-    b = (bt // T).to(tl.int64)
-    c = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = (c < C)[:, None]
+    ptile, b, t, c, cmask = _decode(tl.program_id(0), n_ptiles, n_cblk, T, C, BLOCK_C)
     n_out = out_h * out_w
     p = ptile * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = p < n_out
@@ -178,14 +182,7 @@ def _backward_kernel(
     """
     CT = theta_ptr.dtype.element_ty
     pid = tl.program_id(0)
-    grp = pid % n_groups
-    rest = pid // n_groups
-    cblk = rest % n_cblk
-    bt = rest // n_cblk
-    t = bt % T
-    b = (bt // T).to(tl.int64)
-    c = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = (c < C)[:, None]
+    grp, b, t, c, cmask = _decode(pid, n_groups, n_cblk, T, C, BLOCK_C)
     n_out = out_h * out_w
     x_plane = ((b * Tx + t % Tx) * C + c)[:, None] * (H * W)
     x_rows = x_ptr + x_plane
@@ -288,15 +285,7 @@ def _grad_x_gather_kernel(
     include (y, x): w_k * tap weight * g[t, o], in a fixed order.
     """
     CT = theta_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    ptile = pid % n_ptiles
-    rest = pid // n_ptiles
-    cblk = rest % n_cblk
-    btx = rest // n_cblk
-    tx = btx % Tx
-    b = (btx // Tx).to(tl.int64)
-    c = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = (c < C)[:, None]
+    ptile, b, tx, c, cmask = _decode(tl.program_id(0), n_ptiles, n_cblk, Tx, C, BLOCK_C)
     n_out = out_h * out_w
     p = ptile * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = p < H * W
