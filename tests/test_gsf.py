@@ -109,6 +109,33 @@ def test_module_matches_official(device, backend, train, case):
         torch.testing.assert_close(ours.state_dict()[key].cpu(), value, **tol)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_module_in_clip_chunks_matches_official(device, train, monkeypatch):
+    """gsf_module recomputes the activations in pieces of whole clips: forced into uneven
+    pieces, values, gradients and running statistics are unchanged."""
+    module_ops = importlib.import_module("das_kernels.ops.gsf_module")
+    C, ratio, B, T, H, W = 16, 50, 5, 3, 4, 5  # 5 clips in 3 pieces (2 + 2 + 1)
+    activation_bytes = B * T * 8 * H * W * 8  # 8 gated channels, float64
+    monkeypatch.setitem(module_ops.CHUNK_BYTES, torch.device(device).type, activation_bytes // 3)
+    assert len(module_ops._clip_slices(randn(B * T, C, H, W).to(device), T, 8)) == 3
+    ref, ours = make_modules(C, T, ratio)
+    ours.to(device)
+    ref.train(train)
+    ours.train(train)
+    x, grad_out = randn(B * T, C, H, W, seed=1), randn(B * T, C, H, W, seed=2)
+    x_ref, x_ours = x.clone().requires_grad_(True), x.to(device).requires_grad_(True)
+    want = ref(x_ref)
+    want_grads = torch.autograd.grad(want, [x_ref, *ref.parameters()], grad_out)
+    got = ours(x_ours)
+    got_grads = torch.autograd.grad(got, [x_ours, *ours.parameters()], grad_out.to(device))
+    torch.testing.assert_close(got.cpu(), want, atol=1e-11, rtol=1e-9)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g.cpu(), w, atol=1e-11, rtol=1e-9)
+    for key, value in ref.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key].cpu(), value, atol=1e-11, rtol=1e-9)
+
+
 @pytest.mark.parametrize("device,backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_module_low_precision_matches_official(device, backend, dtype):

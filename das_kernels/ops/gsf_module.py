@@ -5,11 +5,11 @@ Peak memory is the point. The official module keeps the normalised activations, 
 conv's input and every intermediate of the shift and fusion for its backward. This node
 saves only x (the caller holds it anyway), the (N, 2, H, W) gate maps, the pooled features
 and the per-channel statistics. Its forward and backward recompute ``a = relu(bn(x[:, :G]))``
-a few clips at a time (CPU: ``CLIP_CHUNKS`` pieces; GPU: pieces of ``GPU_CHUNK_BYTES`` or
-more, where launches would dominate small ones), so no activation-sized tensor outlives a
-chunk. The backward writes every input gradient into the one x-sized ``grad_x`` that
-``gsf_shift_fuse``'s backward makes. BatchNorm's backward is linear in the ReLU gradient
-``dy``::
+a few clips at a time (up to ``MAX_CHUNKS`` pieces of at least ``CHUNK_BYTES``: 4 MiB on
+CPU, 128 MiB on GPUs, where launches would dominate small pieces), so no activation-sized
+tensor outlives a chunk. The backward writes every input gradient into the one x-sized
+``grad_x`` that ``gsf_shift_fuse``'s backward makes. BatchNorm's backward is linear in the
+ReLU gradient ``dy``::
 
     grad_x[:, :G] += k1 * dy + k2 * x + k3      (per channel; k2 = k3 = 0 with fixed statistics)
 
@@ -46,17 +46,17 @@ from das_kernels.ops.gsf import (
 __all__ = ["gsf_module"]
 
 Tensor = torch.Tensor
-CLIP_CHUNKS = 8  # CPU: activations are recomputed in this many pieces of whole clips
-GPU_CHUNK_BYTES = 128 << 20  # GPU: pieces of at least this many activation bytes (launches)
+MAX_CHUNKS = 8  # activations are recomputed in at most this many pieces of whole clips
+# ... each of at least this many activation bytes: pieces must amortise their launches (GPU)
+# and Python overhead (CPU); 4 MiB keeps (128, 64, 32, 32) fp32 in 8 pieces on CPU.
+CHUNK_BYTES = {"cpu": 4 << 20, "cuda": 128 << 20}
 
 
 def _clip_slices(x: Tensor, T: int, G: int) -> list[slice]:
     """Pieces of whole clips of x's frames for the recomputation of the activations."""
     clips = x.shape[0] // T
-    chunks = CLIP_CHUNKS
-    if x.device.type != "cpu":
-        nbytes = x.shape[0] * G * x.shape[2] * x.shape[3] * x.element_size()
-        chunks = min(CLIP_CHUNKS, -(-nbytes // GPU_CHUNK_BYTES))
+    nbytes = x.shape[0] * G * x.shape[2] * x.shape[3] * x.element_size()
+    chunks = max(1, min(MAX_CHUNKS, clips, nbytes // CHUNK_BYTES.get(x.device.type, 4 << 20)))
     per = -(-clips // chunks)
     return [slice(c * T, min(clips, c + per) * T) for c in range(0, clips, per)]
 
