@@ -116,7 +116,7 @@ def test_module_in_clip_chunks_matches_official(device, train, monkeypatch):
     pieces, values, gradients and running statistics are unchanged."""
     module_ops = importlib.import_module("das_kernels.ops.gsf_module")
     C, ratio, B, T, H, W = 16, 50, 5, 3, 4, 5  # 5 clips in 3 pieces (2 + 2 + 1)
-    activation_bytes = B * T * 8 * H * W * 8  # 8 gated channels, float64
+    activation_bytes = B * T * (8 + 54) * H * W * 8  # 8 gated channels + 54 taps, float64
     monkeypatch.setitem(module_ops.CHUNK_BYTES, torch.device(device).type, activation_bytes // 3)
     assert len(module_ops._clip_slices(randn(B * T, C, H, W).to(device), T, 8)) == 3
     ref, ours = make_modules(C, T, ratio)

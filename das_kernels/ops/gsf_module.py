@@ -47,15 +47,16 @@ __all__ = ["gsf_module"]
 
 Tensor = torch.Tensor
 MAX_CHUNKS = 8  # activations are recomputed in at most this many pieces of whole clips
-# ... each of at least this many activation bytes: pieces must amortise their launches (GPU)
-# and Python overhead (CPU); 4 MiB keeps (128, 64, 32, 32) fp32 in 8 pieces on CPU.
+# ... each of at least this many bytes of temporaries: pieces must amortise their launches
+# (GPU) and Python overhead (CPU); (128, 64, 32, 32) fp32 makes 8 pieces on CPU.
 CHUNK_BYTES = {"cpu": 4 << 20, "cuda": 128 << 20}
 
 
 def _clip_slices(x: Tensor, T: int, G: int) -> list[slice]:
     """Pieces of whole clips of x's frames for the recomputation of the activations."""
     clips = x.shape[0] // T
-    nbytes = x.shape[0] * G * x.shape[2] * x.shape[3] * x.element_size()
+    # per frame: the activations (G channels) and the gate's 54 tap maps (GEMM path)
+    nbytes = x.shape[0] * (G + 54) * x.shape[2] * x.shape[3] * x.element_size()
     chunks = max(1, min(MAX_CHUNKS, clips, nbytes // CHUNK_BYTES.get(x.device.type, 4 << 20)))
     per = -(-clips // chunks)
     return [slice(c * T, min(clips, c + per) * T) for c in range(0, clips, per)]
