@@ -356,7 +356,7 @@ def gate_backward(
     a: Tensor, weight: Tensor, gate: Tensor, grad_gate: Tensor, num_segments: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of ``gsf_gate(a, weight, bias)`` for (a, weight, bias) given its output
-    ``gate`` and ``grad_gate``, by the same path (CPU: GEMM, else grouped Conv2d); a, weight
+    ``gate`` and ``grad_gate``, by the same path (``gate_path``); a, weight
     and gate share one dtype. Used by ``gsf_module``'s backward, which recomputes ``a``."""
     path = _gate_gemm_backward if gate_path(a.device) == "gemm" else _gate_conv_backward
     return path(a, weight, gate, grad_gate, num_segments)
