@@ -381,6 +381,24 @@ def test_reference_backward_formulas_match_autograd():
 
 
 @pytest.mark.parametrize("device,backend", BACKEND_PARAMS)
+def test_pool_backward_accumulate_adds_in_place(device, backend):
+    """gsf_pool_backward_accumulate (the backend's kernel, or its fallback) equals
+    gsf_pool_backward + add, and leaves the pass-through channels of grad_x alone."""
+    B, T, C, G, H, W = 2, 3, 12, 8, 3, 5
+    x, gate, _ = (t.to(device) for t in op_inputs(B, T, C, G, H, W, seed=14))
+    grad_pooled = randn(B, 4, G // 2, T, seed=15).to(device)
+    grad_x = randn(B * T, C, H, W, seed=16).to(device)
+    ops = torch.ops.das_kernels
+    with backends.use(backend):
+        want_gx, want_gg = ops.gsf_pool_backward(grad_pooled, x, gate, T, G)
+        got_gx = grad_x.clone()
+        got_gg = ops.gsf_pool_backward_accumulate(got_gx, grad_pooled, x, gate, T, G)
+    torch.testing.assert_close(got_gx, grad_x + want_gx, atol=1e-12, rtol=0)
+    torch.testing.assert_close(got_gg, want_gg, atol=1e-12, rtol=0)
+    assert torch.equal(got_gx[:, G:], grad_x[:, G:])
+
+
+@pytest.mark.parametrize("device,backend", BACKEND_PARAMS)
 def test_gradcheck_float64(device, backend):
     B, T, C, G, H, W = 2, 3, 12, 8, 2, 2
     x, gate, w = (t.to(device).requires_grad_(True) for t in op_inputs(B, T, C, G, H, W, seed=7))

@@ -27,7 +27,13 @@ import triton.language as tl
 
 from das_kernels.triton.temporal_shift import copy_span
 
-__all__ = ["gsf_fuse_backward", "gsf_fuse_forward", "gsf_pool_backward", "gsf_pool_forward"]
+__all__ = [
+    "gsf_fuse_backward",
+    "gsf_fuse_forward",
+    "gsf_pool_backward",
+    "gsf_pool_backward_accumulate",
+    "gsf_pool_forward",
+]
 
 # (elements per [channels, pixels] tile, most pixels per tile, num_warps). Not tuned on
 # hardware: ~8 (pool) or ~4 (fuse, several live tiles) elements per thread.
@@ -129,11 +135,12 @@ def _pool_forward_kernel(
 def _pool_backward_kernel(
     gp_ptr, x_ptr, gate_ptr, gx_ptr, gg_ptr, T, C, G, HW, half, n_cblk, n_ptiles, n_main,
     n_pieces, CT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-    COPY_BLOCK: tl.constexpr,
+    COPY_BLOCK: tl.constexpr, ACCUMULATE: tl.constexpr,
 ):  # fmt: skip
-    """Program (b, h, pixel tile, t): grad_x = ay g + ar (1 - g) for the half's channels and
-    grad_gate = sum_c x (ay - ar), with ay = grad of frame m(t)'s y mean / HW (0 if none) and
-    ar = grad of the r mean / HW."""
+    """Program (b, h, pixel tile, t): grad_x = ay g + ar (1 - g) for the half's channels
+    (ACCUMULATE: added to grad_x, whose other channels are left alone) and grad_gate =
+    sum_c x (ay - ar), with ay = grad of frame m(t)'s y mean / HW (0 if none) and ar = grad
+    of the r mean / HW."""
     pid = tl.program_id(0)
     if pid < n_main:
         b, h, _, _, n, t, _, m, m_ok, p, pmask, _, _ = _frame_tile(pid, T, HW, n_ptiles, 1, BLOCK_P)
@@ -151,6 +158,8 @@ def _pool_backward_kernel(
             offs = _planes(n, C, c, HW, p)
             xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(CT)
             gx = ay * g + ar * (1.0 - g)
+            if ACCUMULATE:
+                gx += tl.load(gx_ptr + offs, mask=mask, other=0.0).to(CT)
             tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
             acc += tl.sum(xv * (ay - ar), axis=0)
         tl.store(gg_ptr + gg_offs, acc.to(gg_ptr.dtype.element_ty), mask=pmask)
@@ -280,19 +289,35 @@ def gsf_pool_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """grad_pooled (B, 4, G/2, T) -> (grad_x (N, C, H, W), zero in channels G...;
     grad_gate (N, 2, H, W))."""
-    N, C, HW, T, B, G, half = _dims(x, num_segments, n_gsf)
     grad_x = torch.empty_like(x)
+    return grad_x, _pool_backward(grad_x, grad_pooled, x, gate, num_segments, n_gsf, False)
+
+
+def gsf_pool_backward_accumulate(
+    grad_x: torch.Tensor,
+    grad_pooled: torch.Tensor,
+    x: torch.Tensor,
+    gate: torch.Tensor,
+    num_segments: int,
+    n_gsf: int,
+) -> torch.Tensor:
+    """grad_x (N, C, H, W) += gsf_pool_backward's grad_x, in place; returns grad_gate."""
+    return _pool_backward(grad_x, grad_pooled, x, gate, num_segments, n_gsf, True)
+
+
+def _pool_backward(grad_x, grad_pooled, x, gate, num_segments, n_gsf, accumulate):
+    N, C, HW, T, B, G, half = _dims(x, num_segments, n_gsf)
     grad_gate = torch.empty_like(gate)
     block_c, block_p, n_cblk, n_ptiles = _tiles(HW, half, _FUSE)
     n_main = N * 2 * n_ptiles
-    n_pieces = _pieces(C, G, HW)
+    n_pieces = 0 if accumulate else _pieces(C, G, HW)  # pass-through channels: zeroed
     _pool_backward_kernel[(n_main + N * n_pieces,)](
         grad_pooled.contiguous(), x, gate, grad_x, grad_gate,
         T, C, G, HW, half, n_cblk, n_ptiles, n_main, n_pieces,
         CT=_ct(x), BLOCK_C=block_c, BLOCK_P=block_p, COPY_BLOCK=_COPY_BLOCK,
-        num_warps=_FUSE[2],
+        ACCUMULATE=accumulate, num_warps=_FUSE[2],
     )  # fmt: skip
-    return grad_x, grad_gate
+    return grad_gate
 
 
 def gsf_fuse_forward(
