@@ -111,10 +111,13 @@ def test_module_matches_official(device, backend, train, case):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_module_in_clip_chunks_matches_official(device, train, monkeypatch):
+@pytest.mark.parametrize("path", list(gsf_ops.GATE_PATHS))
+def test_module_in_clip_chunks_matches_official(device, train, path, monkeypatch):
     """gsf_module recomputes the activations in pieces of whole clips: forced into uneven
-    pieces, values, gradients and running statistics are unchanged."""
+    pieces, with each gate-conv path, values, gradients and running statistics are
+    unchanged."""
     module_ops = importlib.import_module("das_kernels.ops.gsf_module")
+    monkeypatch.setenv("DAS_KERNELS_GSF_GATE", path)
     C, ratio, B, T, H, W = 16, 50, 5, 3, 4, 5  # 5 clips in 3 pieces (2 + 2 + 1)
     activation_bytes = B * T * (8 + 54) * H * W * 8  # 8 gated channels + 54 taps, float64
     monkeypatch.setitem(module_ops.CHUNK_BYTES, torch.device(device).type, activation_bytes // 3)
@@ -221,7 +224,7 @@ def test_reference_ops_compose_to_the_official_module():
 # --- the gate ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["gemm", "conv"])
+@pytest.mark.parametrize("path", list(gsf_ops.GATE_PATHS))
 @pytest.mark.parametrize("backend", ["reference", "cpp"])
 def test_gate_paths_match_official_conv3d(path, backend):
     """gsf_gate's CPU (GEMM + gsf_gate_taps) and GPU (grouped Conv2d) paths, both on CPU."""
@@ -238,7 +241,7 @@ def test_gate_paths_match_official_conv3d(path, backend):
         return gate.transpose(1, 2).reshape(B * T, 2, H, W)
 
     def ours(h, weight, bias):
-        gate = gsf_ops._gate_gemm if path == "gemm" else gsf_ops._gate_conv
+        gate = gsf_ops.GATE_PATHS[path][0]
         return gate(torch.relu(h), weight, bias, T)
 
     want, want_grads = expected(official, (h, weight, bias), grad)
@@ -249,15 +252,14 @@ def test_gate_paths_match_official_conv3d(path, backend):
         torch.testing.assert_close(g, w, atol=1e-11, rtol=0)
 
 
-@pytest.mark.parametrize("path", ["gemm", "conv"])
+@pytest.mark.parametrize("path", list(gsf_ops.GATE_PATHS))
 def test_gate_backward_paths_match_autograd(path):
     """gsf_module's explicit gate backward (both paths, run on CPU) equals autograd."""
     B, T, G, H, W = 2, 3, 8, 4, 5
     a = torch.relu(randn(B * T, G, H, W, seed=60))
     weight, bias = randn(2, G // 2, 3, 3, 3, seed=61), randn(2, seed=62)
     grad = randn(B * T, 2, H, W, seed=63)
-    forward = gsf_ops._gate_gemm if path == "gemm" else gsf_ops._gate_conv
-    backward = gsf_ops._gate_gemm_backward if path == "gemm" else gsf_ops._gate_conv_backward
+    forward, backward = gsf_ops.GATE_PATHS[path]
     gate, want = expected(lambda a, w, b: forward(a, w, b, T), (a, weight, bias), grad)
     got = backward(a, weight, gate, grad, T)
     for g, w in zip(got, want):

@@ -299,10 +299,11 @@ def gsf_gate(a: Tensor, weight: Tensor, bias: Tensor | None, num_segments: int) 
 
     a: (B*T, G, H, W) activations, relu(bn(x[:, :G])); weight: (2, G/2, 3, 3, 3) and bias:
     (2,) of the official ``conv3D`` (groups=2, padding 1, zero padded at clip boundaries).
-    Returns (B*T, 2, H, W), in the frame layout (no clip permute). On GPUs one grouped
-    Conv2d gives the 3 temporal taps per group, summed over frames t-1, t, t+1. On CPU,
-    where oneDNN's backward of that conv is ~10x slower than a GEMM: one batched GEMM gives
-    the 27 tap responses per group, ``das_kernels::gsf_gate_taps`` sums them.
+    Returns (B*T, 2, H, W), in the frame layout. Paths (``gate_path``): on GPUs one grouped
+    Conv2d gives the 3 temporal taps per group, summed over frames t-1, t, t+1 (no clip
+    permute). On CPU, where oneDNN's backward of that conv is ~10x slower than a GEMM: one
+    batched GEMM gives the 27 tap responses per group, ``das_kernels::gsf_gate_taps`` sums
+    them. ``conv3d``: the official Conv3d on a transposed clip view.
     """
     check_tensor("a", a, (4,))
     check_tensor("weight", weight, (5,))
@@ -314,16 +315,19 @@ def gsf_gate(a: Tensor, weight: Tensor, bias: Tensor | None, num_segments: int) 
     if N % T:
         raise ValueError(f"a has {N} frames (dim 0), not divisible by num_segments={T}")
     bias = weight.new_zeros(2) if bias is None else bias
-    return (_gate_gemm if gate_path(a.device) == "gemm" else _gate_conv)(a, weight, bias, T)
+    return GATE_PATHS[gate_path(a.device)][0](a, weight, bias, T)
 
 
 def gate_path(device: torch.device) -> str:
-    """``gemm`` (batched GEMM + gsf_gate_taps) or ``conv`` (grouped Conv2d): the gate conv's
-    implementation on `device`; ``DAS_KERNELS_GSF_GATE`` overrides the default."""
+    """The gate conv's implementation on `device`: ``gemm`` (batched GEMM + gsf_gate_taps;
+    CPU default), ``conv`` (grouped Conv2d over the frames; GPU default) or ``conv3d`` (the
+    official grouped Conv3d on a transposed clip view); ``DAS_KERNELS_GSF_GATE`` overrides."""
     forced = os.environ.get("DAS_KERNELS_GSF_GATE")
     if forced is not None:
-        if forced not in ("gemm", "conv"):
-            raise ValueError(f"DAS_KERNELS_GSF_GATE must be 'gemm' or 'conv', got {forced!r}")
+        if forced not in GATE_PATHS:
+            raise ValueError(
+                f"DAS_KERNELS_GSF_GATE must be one of {', '.join(GATE_PATHS)}, got {forced!r}"
+            )
         return forced
     return "gemm" if device.type == "cpu" else "conv"
 
@@ -358,8 +362,7 @@ def gate_backward(
     """Gradients of ``gsf_gate(a, weight, bias)`` for (a, weight, bias) given its output
     ``gate`` and ``grad_gate``, by the same path (``gate_path``); a, weight
     and gate share one dtype. Used by ``gsf_module``'s backward, which recomputes ``a``."""
-    path = _gate_gemm_backward if gate_path(a.device) == "gemm" else _gate_conv_backward
-    return path(a, weight, gate, grad_gate, num_segments)
+    return GATE_PATHS[gate_path(a.device)][1](a, weight, gate, grad_gate, num_segments)
 
 
 def _gate_gemm_backward(
@@ -401,6 +404,46 @@ def _gate_conv_backward(
     )
     grad_weight = grad_weight2d.view(2, 3, G // 2, 3, 3).permute(0, 2, 1, 3, 4)
     return grad_a, grad_weight, grad_pre.sum((0, 1, 3, 4))
+
+
+def _clip_view(frames: Tensor, T: int) -> Tensor:
+    """(B*T, C, H, W) frames as a (B, C, T, H, W) clip view (no copy)."""
+    N, C, H, W = frames.shape
+    return frames.view(N // T, T, C, H, W).transpose(1, 2)
+
+
+def _gate_conv3d(a: Tensor, weight: Tensor, bias: Tensor, T: int) -> Tensor:
+    """The official grouped Conv3d on the clip view of a."""
+    pre = F.conv3d(_clip_view(a, T), weight, bias, padding=1, groups=2)
+    return torch.tanh(pre).transpose(1, 2).reshape(a.shape[0], 2, *a.shape[2:])
+
+
+def _gate_conv3d_backward(
+    a: Tensor, weight: Tensor, gate: Tensor, grad_gate: Tensor, T: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    grad_pre = _clip_view(grad_gate * (1 - gate * gate), T)  # through the tanh
+    grad_clip, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+        grad_pre,
+        _clip_view(a, T),
+        weight,
+        [2],
+        [1, 1, 1],
+        [1, 1, 1],
+        [1, 1, 1],
+        False,
+        [0, 0, 0],
+        2,
+        [True, True, True],
+    )
+    return grad_clip.transpose(1, 2).reshape(a.shape), grad_weight, grad_bias
+
+
+# name -> (forward, backward) of the gate conv (see gate_path)
+GATE_PATHS = {
+    "gemm": (_gate_gemm, _gate_gemm_backward),
+    "conv": (_gate_conv, _gate_conv_backward),
+    "conv3d": (_gate_conv3d, _gate_conv3d_backward),
+}
 
 
 def gsf_shift_fuse(
