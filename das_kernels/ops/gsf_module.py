@@ -128,7 +128,7 @@ def _backward(ctx, grad_out, _gate, _pooled):
     for s in slices:
         xg = x[s, :G]
         a = _bn_relu(xg, scale, shift)
-        dy, gw, gb = gate_backward(a, weight, gate[s], grad_gate[s].to(x.dtype), T)
+        dy, gw, gb = gate_backward(a, weight, gate[s], grad_gate[s], T)
         dy = torch.ops.aten.threshold_backward(dy, a, 0)  # through the ReLU
         grad_gate_w += gw
         grad_gate_b += gb
