@@ -4,8 +4,10 @@
 fusion), ``baseline`` (2D, T=1), ``augment`` (DAS transforms as 2D augmentation),
 ``replica`` (identity frames + fusion), ``shuffle`` (DAS frames shuffled). ``--ablation``
 trains every variant (x every ``--fusions`` for the video variants, Table 6) and writes
-``ablation.md`` / ``ablation.json`` (like Tables 5/10). ``--epochs`` and ``--max-steps``
-bound the budget. Each run writes ``train_log.{csv,json}``, ``curves.png``, ``result.json``
+``ablation.md`` / ``ablation.json`` (like Tables 5/10); ``--seeds 0,1,2`` repeats it per
+seed (mean +- sd and DAS's paired differences) and ``--jobs N`` trains N runs at once in
+separate processes (small runs sharing one GPU). ``--epochs`` and ``--max-steps`` bound the
+budget. Each run writes ``train_log.{csv,json}``, ``curves.png``, ``result.json``
 and an atomic ``checkpoint.pt`` per epoch; ``--resume`` continues it, ``--eval-only``
 evaluates it (also ``python -m das.evaluate``). Under ``torchrun`` the backbone is DDP
 (``--batch-size`` per process) and only rank 0 writes.
@@ -15,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--fusions",
         default=None,
         help="comma list of fusions for the video variants in --ablation (default: --fusion)",
+    )
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="comma list of seeds for --ablation: every variant is trained once per seed "
+        "(into OUT/<variant>/seed<S>) and the table gives mean +- sd and DAS's paired "
+        "differences (default: --seed alone, into OUT/<variant>)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=cli.positive_int,
+        default=1,
+        help="--ablation runs trained at once, each in its own process (e.g. several small "
+        "runs sharing one GPU; CPU threads are split between them unless --threads is given)",
     )
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=cli.positive_int, default=15, help="training epochs")
@@ -324,6 +342,7 @@ class Trainer:
         steps = [r["sec_per_step"] for r in self.log]
         return {
             "variant": cfg["variant"],
+            "seed": cfg["seed"],
             "fusion": cfg["fusion"] if video else "none",
             "frames": self.network.backbone.frames if video else 1,
             "genotype": list(self.genotype.ops) if self.genotype else None,
@@ -389,34 +408,53 @@ def run_train(
             shutdown_distributed(env)
 
 
+def _comma_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def ablation_runs(cfg: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, config) of every --ablation run: variant x fusion (video variants) x seed, in
+    OUT/<variant>[_<fusion>] (one seed) or OUT/<variant>[_<fusion>]/seed<S> (several)."""
+    fusions = _comma_list(cfg["fusions"] or cfg["fusion"])
+    seeds = [int(s) for s in _comma_list(cfg["seeds"])] if cfg.get("seeds") else [cfg["seed"]]
+    runs = []
+    for variant in _comma_list(cfg["variants"]):
+        for fusion in fusions if variant in VIDEO_VARIANTS else ["none"]:
+            tagged = variant in VIDEO_VARIANTS and len(fusions) > 1
+            name = variant + (f"_{fusion}" if tagged else "")
+            for seed in seeds:
+                out = Path(cfg["out"]) / name / (f"seed{seed}" if len(seeds) > 1 else "")
+                sub = dict(cfg, variant=variant, fusion=fusion, seed=seed, ablation=False)
+                runs.append((name, dict(sub, out=str(out))))
+    return runs
+
+
+def _finished(sub: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved result of a finished run when resuming, else None."""
+    done = Path(sub["out"]) / "result.json"
+    return json.loads(done.read_text()) if sub.get("resume") and done.is_file() else None
+
+
 def run_ablation(cfg: dict[str, Any], env: DistEnv | None = None) -> list[dict[str, Any]]:
-    """Every variant (x every fusion for the video ones) into OUT/<variant>[_<fusion>]."""
+    """Every run of ``ablation_runs`` (``cfg["jobs"]`` at once in separate processes, or one
+    after another in this one, which may be a torchrun rank), then the tables."""
+    runs = ablation_runs(cfg)
+    if cfg.get("jobs", 1) > 1:
+        results = _run_parallel(runs, cfg["jobs"])
+        write_ablation(results, Path(cfg["out"]), cfg)
+        return results
     own_env = env is None
     env = env or init_distributed(cfg["device"])
     try:
         bundle = _load_bundle(cfg)
-        variants = [v.strip() for v in cfg["variants"].split(",") if v.strip()]
-        fusions = [f.strip() for f in (cfg["fusions"] or cfg["fusion"]).split(",") if f.strip()]
         results = []
-        for variant in variants:
-            for fusion in fusions if variant in VIDEO_VARIANTS else ["none"]:
-                name = variant + (
-                    f"_{fusion}" if variant in VIDEO_VARIANTS and len(fusions) > 1 else ""
-                )
-                sub = dict(
-                    cfg,
-                    variant=variant,
-                    fusion=fusion,
-                    out=str(Path(cfg["out"]) / name),
-                    ablation=False,
-                )
-                done = Path(sub["out"]) / "result.json"
-                if cfg.get("resume") and done.is_file():
-                    results.append(json.loads(done.read_text()))
-                    continue
+        for name, sub in runs:
+            result = _finished(sub)
+            if result is None:
                 if env.is_main:
-                    print(f"== ablation: {name}", file=sys.stderr, flush=True)
-                results.append(run_train(sub, env, bundle))
+                    print(f"== ablation: {name} seed {sub['seed']}", file=sys.stderr, flush=True)
+                result = run_train(sub, env, bundle)
+            results.append(result)
         if env.is_main:
             write_ablation(results, Path(cfg["out"]), cfg)
         return results
@@ -425,57 +463,136 @@ def run_ablation(cfg: dict[str, Any], env: DistEnv | None = None) -> list[dict[s
             shutdown_distributed(env)
 
 
+def _run_parallel(runs: list[tuple[str, dict[str, Any]]], jobs: int) -> list[dict[str, Any]]:
+    """run_train of each run in a pool of `jobs` spawned processes (CUDA-safe); results in
+    the order of `runs`. A failed run stops the others and raises (--resume continues)."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    results: list[dict[str, Any] | None] = [_finished(sub) for _, sub in runs]
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        pending = {}
+        for i, (_, sub) in enumerate(runs):
+            if results[i] is None:
+                sub = dict(sub, no_progress=True, threads=sub.get("threads") or threads)
+                pending[pool.submit(run_train, sub)] = i
+        print(
+            f"== ablation: {len(pending)} runs, {jobs} at a time ({len(runs) - len(pending)} "
+            "already finished)",
+            file=sys.stderr,
+            flush=True,
+        )
+        for future in as_completed(pending):
+            i = pending[future]
+            results[i] = future.result()
+            name, sub = runs[i]
+            print(
+                f"== ablation: {name} seed {sub['seed']} done: val acc {results[i]['val_acc']:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        pool.shutdown(cancel_futures=True)
+    return results
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for one value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def _pm(values: list[float]) -> str:
+    mean, sd = _mean_sd(values)
+    return f"{mean:.2f}" if sd is None else f"{mean:.2f} ± {sd:.2f}"
+
+
+def _groups(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Results by (variant, fusion), in first-seen order."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["variant"], r["fusion"]), []).append(r)
+    return groups
+
+
+def _paired_differences(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> list[list[str]]:
+    """Rows (das fusion, other variant, other fusion, seeds, das - other in val acc points,
+    wins) over the seeds both have."""
+    rows = []
+    for (variant, fusion), das_runs in groups.items():
+        if variant != "das":
+            continue
+        das_acc = {r["seed"]: 100 * r["val_acc"] for r in das_runs}
+        for (other, other_fusion), runs in groups.items():
+            if other == "das":
+                continue
+            diffs = [das_acc[r["seed"]] - 100 * r["val_acc"] for r in runs if r["seed"] in das_acc]
+            if diffs:
+                wins = f"{sum(d > 0 for d in diffs)}/{len(diffs)}"
+                rows.append([fusion, other, other_fusion, len(diffs), _pm(diffs), wins])
+    return rows
+
+
 def write_ablation(results: list[dict[str, Any]], out: Path, cfg: dict[str, Any]) -> None:
+    """ablation.json (every run) and ablation.md: one row per (variant, fusion), val acc mean
+    +- sample sd over seeds, and DAS's differences paired by seed."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(results, indent=1) + "\n", out / "ablation.json")
-    rows = [
-        [
-            r["variant"],
-            r["fusion"],
-            r["frames"],
-            r["params"],
-            r["steps"],
-            100 * r["val_acc"],
-            100 * r["best_val_acc"],
-            r["sec_per_step"],
-            r["train_seconds"],
-        ]
-        for r in results
-    ]
+    groups = _groups(results)
+    rows = []
+    for (variant, fusion), runs in groups.items():
+        accs = [100 * r["val_acc"] for r in runs]
+        rows.append(
+            [
+                variant,
+                fusion,
+                runs[0]["frames"],
+                runs[0]["params"],
+                runs[0]["steps"],
+                ", ".join(str(r["seed"]) for r in runs),
+                _pm(accs),
+                ", ".join(f"{a:.2f}" for a in accs),
+                _pm([100 * r["best_val_acc"] for r in runs]),
+                _mean_sd([r["sec_per_step"] for r in runs])[0],
+                sum(r["train_seconds"] for r in runs),
+            ]
+        )
     budget = f"{cfg['epochs']} epochs" + (
         f", at most {cfg['max_steps']} steps" if cfg["max_steps"] else ""
     )
-    text = "\n".join(
-        [
-            "# DAS ablation",
+    header = ["variant", "fusion", "T", "params", "steps", "seeds", "val acc %"]
+    header += ["per seed", "best val acc %", "s/step", "train s (all seeds)"]
+    lines = [
+        "# DAS ablation",
+        "",
+        f"- data: {results[0]['data'] if results else cfg['data']}",
+        f"- arch: {cfg['arch']} (width x{cfg['width_mult']}), budget: {budget}, "
+        f"batch {cfg['batch_size']}",
+        f"- genotype: {cfg['genotype']}",
+        "",
+        markdown_table(header, rows),
+        "",
+        "val acc: final validation accuracy, mean ± sample sd over the seeds.",
+    ]
+    paired = _paired_differences(groups)
+    if paired:
+        lines += [
             "",
-            f"- data: {results[0]['data'] if results else cfg['data']}",
-            f"- arch: {cfg['arch']} (width x{cfg['width_mult']}), budget: {budget}, "
-            f"batch {cfg['batch_size']}, seed {cfg['seed']}",
-            f"- genotype: {cfg['genotype']}",
+            "DAS minus each variant, paired by seed (val acc points; > 0: DAS is better):",
             "",
             markdown_table(
-                [
-                    "variant",
-                    "fusion",
-                    "T",
-                    "params",
-                    "steps",
-                    "val acc %",
-                    "best val acc %",
-                    "s/step",
-                    "train s",
-                ],
-                rows,
+                ["das fusion", "variant", "fusion", "seeds", "difference", "DAS wins"], paired
             ),
-            "",
-            "Variants: baseline = 2D network on the image; augment = DAS transforms as 2D random "
-            "augmentation (one random frame); replica = T identical frames + fusion; das = the "
-            "genotype's video + fusion; shuffle = DAS frames in random order + fusion.",
-            "",
         ]
-    )
-    atomic_write_text(text, out / "ablation.md")
+    lines += [
+        "",
+        "Variants: baseline = 2D network on the image; augment = DAS transforms as 2D random "
+        "augmentation (one random frame); replica = T identical frames + fusion; das = the "
+        "genotype's video + fusion; shuffle = DAS frames in random order + fusion.",
+        "",
+    ]
+    atomic_write_text("\n".join(lines), out / "ablation.md")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -490,12 +607,11 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as exc:
             parser.error(f"--genotype: {exc}")
     if args.ablation:
-        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        variants = _comma_list(args.variants)
         bad = [v for v in variants if v not in VARIANTS]
         if bad or not variants:
             parser.error(f"--variants: unknown {bad}; choose from {', '.join(VARIANTS)}")
-        fusions = [f.strip() for f in (args.fusions or args.fusion).split(",") if f.strip()]
-        for f in fusions:
+        for f in _comma_list(args.fusions or args.fusion):
             reason = cli.fusion_unavailable_reason(f)
             if reason:
                 parser.error(f"--fusions: {reason}")
@@ -503,6 +619,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(
                 "--ablation with das/augment/shuffle needs --genotype (a genotype.json or 'random')"
             )
+        if args.seeds is not None:
+            seeds = _comma_list(args.seeds)
+            if not seeds or not all(s.isdigit() for s in seeds) or len(set(seeds)) < len(seeds):
+                parser.error(f"--seeds: expected distinct non-negative integers: {args.seeds!r}")
+        if args.jobs > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            parser.error("--jobs runs several processes itself; under torchrun use --jobs 1")
+    elif args.seeds is not None or args.jobs > 1:
+        parser.error("--seeds and --jobs are options of --ablation")
     elif not args.eval_only and args.variant in NEEDS_GENOTYPE and args.genotype is None:
         resumable = args.resume and (Path(args.out) / "checkpoint.pt").is_file()
         if not resumable:

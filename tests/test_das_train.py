@@ -128,9 +128,38 @@ def test_ablation_table(tmp_path, genotype_file):
     )
 
 
+def test_ablation_seeds_in_parallel_equal_sequential(tmp_path, genotype_file):
+    """--seeds trains every variant once per seed; --jobs 2 runs them in 2 spawned processes
+    with the same results as one after another; the table has mean +- sd and paired DAS
+    differences."""
+    args = [*TINY, "--genotype", str(genotype_file), "--ablation", "--variants", "das,baseline"]
+    args += ["--epochs", "1", "--max-steps", "2", "--seeds", "3,5"]
+    runs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        assert train.main([*args, "--jobs", str(jobs), "--out", str(out)]) == 0
+        runs[jobs] = json.loads((out / "ablation.json").read_text())
+        assert all(
+            (out / v / f"seed{s}" / "result.json").is_file()
+            for v in ("das", "baseline")
+            for s in (3, 5)
+        )
+    keys = [(r["variant"], r["seed"]) for r in runs[1]]
+    assert keys == [("das", 3), ("das", 5), ("baseline", 3), ("baseline", 5)]
+    assert [(r["variant"], r["seed"], r["val_loss"]) for r in runs[2]] == [
+        (*k, r["val_loss"]) for k, r in zip(keys, runs[1])
+    ]
+    table = (tmp_path / "jobs2" / "ablation.md").read_text()
+    assert "| das | " in table and " ± " in table and "DAS minus each variant" in table
+    assert "| baseline | none | 2 |" in table  # paired row: das vs baseline over 2 seeds
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["--seeds", "0,1"], "options of --ablation"),
+        (["--ablation", "--genotype", "random", "--seeds", "0,x"], "--seeds: expected"),
+        (["--ablation", "--genotype", "random", "--seeds", "1,1"], "--seeds: expected"),
         (["--variant", "das"], "needs --genotype"),
         (["--genotype", "/nonexistent.json"], "genotype file not found"),
         (["--ablation", "--variants", "das,bogus", "--genotype", "random"], "unknown ['bogus']"),
