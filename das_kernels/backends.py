@@ -58,6 +58,7 @@ def unavailable_reason(backend: str, device_type: str, op: str | None = None) ->
     return reason
 
 
+@functools.cache  # static once the backend itself can run (kernels register at import/load)
 def _op_reason(backend: str, device_type: str, op: str) -> str | None:
     if backend == "triton":
         module = f"das_kernels.triton.{TRITON_MODULE.get(op, op)}"
