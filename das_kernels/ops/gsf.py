@@ -3,7 +3,8 @@
 GSF (Sudhakaran et al.) on a clip batch in the frame layout, with no permute copies:
 
     gate = tanh(gate conv(relu(bn(x[:, :G]))))   gsf_gate: (N, 2, H, W); GPU: grouped Conv2d,
-                                                 CPU: batched GEMM + gsf_gate_taps
+                                                 CPU: batched GEMM + gsf_gate_taps;
+                                                 opt-in: Triton (DAS_KERNELS_GSF_GATE)
     pooled = gsf_pool(x, gate)                   one read of x
     w = sigmoid(grouped 3x3 conv(pooled))        tiny
     out = gsf_fuse(x, gate, w)                   one read of x, one write
@@ -62,10 +63,18 @@ Backends: ``triton`` calls ``das_kernels.triton.gsf.<name>`` and ``cuda``/``cpp`
 ``gate[n, g] = tanh(bias[g] + sum of the 27 taps shifted by (kt, kh, kw) - 1)`` (zero padded
 in time and space); ``gsf_gate_taps_backward(grad_gate, gate, num_segments) ->
 (grad_taps, grad_bias)`` needs only the output.
+
+``das_kernels::gsf_gate_triton(a, weight, bias, num_segments) -> gate`` (and its
+``gsf_gate_triton_backward(a, weight, gate, grad_gate, num_segments) -> (grad_a,
+grad_weight, grad_bias)``) is ``gsf_gate``'s opt-in ``triton`` path
+(``DAS_KERNELS_GSF_GATE=triton``, not yet timed on a GPU): ``das_kernels.triton.gsf_gate``'s
+kernels with an identity affine and no ReLU; ``gsf_module`` runs them on x with the
+BatchNorm affine and ReLU fused.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
@@ -77,6 +86,7 @@ from das_kernels.ops._common import (
     check_int,
     check_same_device,
     check_tensor,
+    compute_dtype,
     dispatch,
     register_op_name,
 )
@@ -303,7 +313,9 @@ def gsf_gate(a: Tensor, weight: Tensor, bias: Tensor | None, num_segments: int) 
     Conv2d gives the 3 temporal taps per group, summed over frames t-1, t, t+1 (no clip
     permute). On CPU, where oneDNN's backward of that conv is ~10x slower than a GEMM: one
     batched GEMM gives the 27 tap responses per group, ``das_kernels::gsf_gate_taps`` sums
-    them. ``conv3d``: the official Conv3d on a transposed clip view.
+    them. ``conv3d``: the official Conv3d on a transposed clip view. ``triton`` (opt-in, not
+    yet timed on a GPU): one Triton kernel for the conv + tanh and one for its backward
+    (``das_kernels.triton.gsf_gate``; on CPU only under ``TRITON_INTERPRET=1``).
     """
     check_tensor("a", a, (4,))
     check_tensor("weight", weight, (5,))
@@ -320,14 +332,19 @@ def gsf_gate(a: Tensor, weight: Tensor, bias: Tensor | None, num_segments: int) 
 
 def gate_path(device: torch.device) -> str:
     """The gate conv's implementation on `device`: ``gemm`` (batched GEMM + gsf_gate_taps;
-    CPU default), ``conv`` (grouped Conv2d over the frames; GPU default) or ``conv3d`` (the
-    official grouped Conv3d on a transposed clip view); ``DAS_KERNELS_GSF_GATE`` overrides."""
+    CPU default), ``conv`` (grouped Conv2d over the frames; GPU default), ``conv3d`` (the
+    official grouped Conv3d on a transposed clip view) or ``triton`` (Triton kernels; in
+    ``gsf_module`` they read x and fuse the BatchNorm affine and ReLU; opt-in until timed on
+    a GPU); ``DAS_KERNELS_GSF_GATE`` overrides the default. ``triton`` where Triton cannot
+    run raises ``BackendUnavailable`` with the reason."""
     forced = os.environ.get("DAS_KERNELS_GSF_GATE")
     if forced is not None:
         if forced not in GATE_PATHS:
             raise ValueError(
                 f"DAS_KERNELS_GSF_GATE must be one of {', '.join(GATE_PATHS)}, got {forced!r}"
             )
+        if forced == "triton":
+            triton_gate_kernels(device)  # raises with the reason where Triton cannot run
         return forced
     return "gemm" if device.type == "cpu" else "conv"
 
@@ -438,11 +455,77 @@ def _gate_conv3d_backward(
     return grad_clip.transpose(1, 2).reshape(a.shape), grad_weight, grad_bias
 
 
+# --- the triton gate path: das_kernels.triton.gsf_gate on activations a ------------------
+# The kernels take x and a per-channel affine (+ ReLU); here the affine is the identity and
+# the ReLU is off, so they run the plain gate conv of a. gsf_module calls them on x itself.
+
+
+def triton_gate_kernels(device: torch.device):
+    """The module ``das_kernels.triton.gsf_gate``; ``BackendUnavailable`` naming the reason
+    when Triton cannot run on `device` (on CPU it needs ``TRITON_INTERPRET=1``)."""
+    reason = backends.unavailable_reason("triton", torch.device(device).type)
+    if reason is not None:
+        raise backends.BackendUnavailable(
+            f"DAS_KERNELS_GSF_GATE=triton cannot run on {torch.device(device).type}: {reason}"
+        )
+    return importlib.import_module("das_kernels.triton.gsf_gate")
+
+
+def _identity_affine(a: Tensor) -> tuple[Tensor, Tensor]:
+    """(scale, shift) = (1, 0) per channel of a, in its compute dtype."""
+    ones = a.new_ones(a.shape[1], dtype=compute_dtype(a))
+    return ones, torch.zeros_like(ones)
+
+
+@torch.library.custom_op("das_kernels::gsf_gate_triton", mutates_args=())
+def _gate_triton(a: Tensor, weight: Tensor, bias: Tensor, num_segments: int) -> Tensor:
+    kernels = triton_gate_kernels(a.device)
+    scale, shift = _identity_affine(a)
+    return kernels.gsf_gate_forward(a, scale, shift, weight, bias, num_segments, a.shape[1], False)
+
+
+@_gate_triton.register_fake
+def _(a, weight, bias, num_segments):
+    return a.new_empty(a.shape[0], 2, *a.shape[2:])
+
+
+@torch.library.custom_op("das_kernels::gsf_gate_triton_backward", mutates_args=())
+def _gate_triton_backward(
+    a: Tensor, weight: Tensor, gate: Tensor, grad_gate: Tensor, num_segments: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    kernels = triton_gate_kernels(a.device)
+    scale, shift = _identity_affine(a)
+    grad_a = a.new_zeros(a.shape)  # contiguous; the kernel adds grad_a into it
+    grad_weight, grad_bias, _, _ = kernels.gsf_gate_backward(
+        a, scale, shift, weight, gate, grad_gate, num_segments, a.shape[1], False, grad_a
+    )
+    return grad_a, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype)
+
+
+@_gate_triton_backward.register_fake
+def _(a, weight, gate, grad_gate, num_segments):
+    return torch.empty_like(a), torch.empty_like(weight), weight.new_empty(2)
+
+
+def _gate_triton_setup_context(ctx, inputs, output):
+    a, weight, _, ctx.num_segments = inputs
+    ctx.save_for_backward(a, weight, output)
+
+
+def _gate_triton_autograd(ctx, grad_gate):
+    a, weight, gate = ctx.saved_tensors
+    grads = _gate_triton_backward(a, weight, gate, grad_gate, ctx.num_segments)
+    return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None)
+
+
+_gate_triton.register_autograd(_gate_triton_autograd, setup_context=_gate_triton_setup_context)
+
 # name -> (forward, backward) of the gate conv (see gate_path)
 GATE_PATHS = {
     "gemm": (_gate_gemm, _gate_gemm_backward),
     "conv": (_gate_conv, _gate_conv_backward),
     "conv3d": (_gate_conv3d, _gate_conv3d_backward),
+    "triton": (_gate_triton, _gate_triton_backward),
 }
 
 

@@ -16,6 +16,11 @@ ReLU gradient ``dy``::
 so ``k1 * dy`` is added chunk by chunk while the per-channel sums that ``k2`` and ``k3`` need
 are accumulated, then one in-place pass adds ``k2 * x + k3``.
 
+With ``DAS_KERNELS_GSF_GATE=triton`` (opt-in, not yet timed on a GPU) there are no chunks
+and no activations at all: one Triton kernel reads x and fuses the BatchNorm affine, ReLU,
+gate conv, bias and tanh; one backward kernel recomputes them, adds ``k1 * dy`` into
+``grad_x`` in place and returns the per-channel sums (``das_kernels.triton.gsf_gate``).
+
 Contract of the registered op (the checks are in the public ``gsf_module``)::
 
     gsf_module(x, gate_weight, gate_bias, fuse_weight, fuse_bias, bn_weight, bn_bias,
@@ -39,8 +44,10 @@ from das_kernels.ops.gsf import (
     _shift_fuse,
     check_frames,
     gate_backward,
+    gate_path,
     gsf_gate,
     shift_fuse_backward,
+    triton_gate_kernels,
 )
 
 __all__ = ["gsf_module"]
@@ -90,12 +97,25 @@ def _gsf_module(
 ) -> tuple[Tensor, Tensor, Tensor]:
     T, G = num_segments, 2 * gate_weight.shape[1]
     scale, shift = _bn_affine(bn_weight, bn_bias, mean, invstd)
+    gate = _gate(x, gate_weight, gate_bias, scale, shift, T)
+    out, pooled = _shift_fuse(x, gate, fuse_weight, fuse_bias, T, G)
+    return out, gate, pooled
+
+
+def _gate(
+    x: Tensor, gate_weight: Tensor, gate_bias: Tensor, scale: Tensor, shift: Tensor, T: int
+) -> Tensor:
+    """tanh(conv3D(relu(x[:, :G] * scale + shift))): one Triton kernel on x (``triton`` gate
+    path), else gsf_gate on activations recomputed a few clips at a time."""
+    G = 2 * gate_weight.shape[1]
+    if gate_path(x.device) == "triton":
+        kernels = triton_gate_kernels(x.device)
+        return kernels.gsf_gate_forward(x, scale, shift, gate_weight, gate_bias, T, G, True)
     weight, bias = gate_weight.to(x.dtype), gate_bias.to(x.dtype)
     gate = x.new_empty(x.shape[0], 2, *x.shape[2:])
     for s in _clip_slices(x, T, G):
         gate[s] = gsf_gate(_bn_relu(x[s, :G], scale, shift), weight, bias, T)
-    out, pooled = _shift_fuse(x, gate, fuse_weight, fuse_bias, T, G)
-    return out, gate, pooled
+    return gate
 
 
 @_gsf_module.register_fake
@@ -118,29 +138,16 @@ def _backward(ctx, grad_out, _gate, _pooled):
     grad_x, grad_gate, grad_fuse_w, grad_fuse_b = shift_fuse_backward(
         grad_out, x, gate, fuse_w, fuse_b, pooled, T, G
     )
-    acc = invstd.dtype
     scale, shift = _bn_affine(bn_w, bn_b, mean, invstd)
-    weight = gate_w.to(x.dtype)
-    grad_gate_w = torch.zeros_like(gate_w, dtype=acc)
-    grad_gate_b = torch.zeros_like(gate_b, dtype=acc)
-    sum_dy, sum_dy_x = torch.zeros_like(mean), torch.zeros_like(mean)
-    slices = _clip_slices(x, T, G)
-    for s in slices:
-        xg = x[s, :G]
-        a = _bn_relu(xg, scale, shift)
-        dy, gw, gb = gate_backward(a, weight, gate[s], grad_gate[s], T)
-        dy = torch.ops.aten.threshold_backward(dy, a, 0)  # through the ReLU
-        grad_gate_w += gw
-        grad_gate_b += gb
-        sum_dy += dy.sum((0, 2, 3), dtype=acc)
-        sum_dy_x += (dy.to(acc) * xg.to(acc)).sum((0, 2, 3))
-        grad_x[s, :G].add_(dy.mul_(scale.view(1, -1, 1, 1)))
+    grad_gate_w, grad_gate_b, sum_dy, sum_dy_x = _gate_grads(
+        x, gate_w, scale, shift, gate, grad_gate, grad_x, T
+    )
     sum_dy_xhat = (sum_dy_x - mean * sum_dy) * invstd
     if ctx.batch_stats:  # the statistics' dependence on x
         count = x.shape[0] * x.shape[2] * x.shape[3]
         k2 = -scale * invstd * sum_dy_xhat / count
         k3 = -scale * sum_dy / count - k2 * mean
-        for s in slices:
+        for s in _clip_slices(x, T, G):
             grad_x[s, :G].addcmul_(x[s, :G], k2.view(1, -1, 1, 1)).add_(k3.view(1, -1, 1, 1))
     return (
         grad_x,
@@ -155,6 +162,43 @@ def _backward(ctx, grad_out, _gate, _pooled):
         None,
         None,
     )
+
+
+def _gate_grads(
+    x: Tensor,
+    gate_w: Tensor,
+    scale: Tensor,
+    shift: Tensor,
+    gate: Tensor,
+    grad_gate: Tensor,
+    grad_x: Tensor,
+    T: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(grad_gate_w, grad_gate_b, sum_dy, sum_dy_x) in scale's dtype, with dy the gradient
+    at the BatchNorm output; adds ``scale * dy`` into grad_x[:, :G] in place. One Triton
+    kernel on x (``triton`` gate path), else the gate path's backward a few clips at a time."""
+    G = 2 * gate_w.shape[1]
+    if gate_path(x.device) == "triton":
+        kernels = triton_gate_kernels(x.device)
+        return kernels.gsf_gate_backward(
+            x, scale, shift, gate_w, gate, grad_gate, T, G, True, grad_x
+        )
+    acc = scale.dtype
+    weight = gate_w.to(x.dtype)
+    grad_gate_w = torch.zeros_like(gate_w, dtype=acc)
+    grad_gate_b = torch.zeros(2, dtype=acc, device=x.device)
+    sum_dy, sum_dy_x = torch.zeros_like(scale), torch.zeros_like(scale)
+    for s in _clip_slices(x, T, G):
+        xg = x[s, :G]
+        a = _bn_relu(xg, scale, shift)
+        dy, gw, gb = gate_backward(a, weight, gate[s], grad_gate[s], T)
+        dy = torch.ops.aten.threshold_backward(dy, a, 0)  # through the ReLU
+        grad_gate_w += gw
+        grad_gate_b += gb
+        sum_dy += dy.sum((0, 2, 3), dtype=acc)
+        sum_dy_x += (dy.to(acc) * xg.to(acc)).sum((0, 2, 3))
+        grad_x[s, :G].add_(dy.mul_(scale.view(1, -1, 1, 1)))
+    return grad_gate_w, grad_gate_b, sum_dy, sum_dy_x
 
 
 _gsf_module.register_autograd(_backward, setup_context=_setup_context)
