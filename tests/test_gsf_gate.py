@@ -174,8 +174,9 @@ def test_module_on_triton_path_matches_official(train, monkeypatch):
 
 
 @needs_triton
-def test_module_op_gradcheck_on_triton_path(monkeypatch):
-    """float64 gradcheck of das_kernels.gsf_module (batch statistics) on the triton path."""
+def test_module_op_gradcheck_and_opcheck_on_triton_path(monkeypatch):
+    """float64 gradcheck and opcheck (its backward is traceable: the kernel is an op) of
+    das_kernels.gsf_module (batch statistics) on the triton path."""
     monkeypatch.setenv("DAS_KERNELS_GSF_GATE", "triton")
     leaves, _, T = module_op_args(DEVICE, torch.float64, True, B=1, T=2, H=2, W=3)
     G = leaves[5].shape[0]
@@ -186,6 +187,9 @@ def test_module_op_gradcheck_on_triton_path(monkeypatch):
         return das_kernels.gsf_module(x, gate_w, gate_b, fuse_w, fuse_b, bn_w, bn_b, *stats, T)
 
     assert torch.autograd.gradcheck(module, leaves, fast_mode=True)
+    leaves32, stats, T = module_op_args(DEVICE, torch.float32, True, B=1, T=2, H=2, W=3)
+    args = (*leaves32, *(s.float() for s in stats), True, T)
+    torch.library.opcheck(torch.ops.das_kernels.gsf_module.default, args)
 
 
 def test_bad_gate_path_raises_clear_errors(monkeypatch):

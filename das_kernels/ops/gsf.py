@@ -74,6 +74,7 @@ BatchNorm affine and ReLU fused.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 
@@ -563,15 +564,22 @@ def _fusion_weights(pooled: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return torch.sigmoid(F.conv2d(pooled.to(weight.dtype), weight, bias, padding=1, groups=2))
 
 
+def shift_fuse_forward(
+    x: Tensor, gate: Tensor, weight: Tensor, bias: Tensor, num_segments: int, n_gsf: int
+) -> tuple[Tensor, Tensor]:
+    """``das_kernels::gsf_shift_fuse`` without the op's dispatch (for other ops' bodies)."""
+    pooled = dispatch("gsf_pool", x.device, POOL_FORWARD)(x, gate, num_segments, n_gsf)
+    w = _fusion_weights(pooled, weight, bias).to(x.dtype).contiguous()
+    out = dispatch("gsf_fuse", x.device, FUSE_FORWARD)(x, gate, w, num_segments, n_gsf)
+    return out, pooled
+
+
 @torch.library.custom_op("das_kernels::gsf_shift_fuse", mutates_args=())
 def _shift_fuse(
     x: Tensor, gate: Tensor, weight: Tensor, bias: Tensor, num_segments: int, n_gsf: int
 ) -> tuple[Tensor, Tensor]:
     """-> (out, pooled); pooled is returned for the backward only (not differentiable)."""
-    pooled = dispatch("gsf_pool", x.device, POOL_FORWARD)(x, gate, num_segments, n_gsf)
-    w = _fusion_weights(pooled, weight, bias).to(x.dtype).contiguous()
-    out = dispatch("gsf_fuse", x.device, FUSE_FORWARD)(x, gate, w, num_segments, n_gsf)
-    return out, pooled
+    return shift_fuse_forward(x, gate, weight, bias, num_segments, n_gsf)
 
 
 @_shift_fuse.register_fake
@@ -623,6 +631,7 @@ def shift_fuse_backward(
         [True, True, True],
     )
     # adds the pool's input gradient into grad_x in place: no second x-sized gradient
+    # (registered ops, not their bodies: this backward is traced by torch.compile/opcheck)
     grad_gate_pool = _pool_backward_accumulate(grad_x, grad_pooled.to(x.dtype), x, gate, T, G)
     return grad_x, grad_gate + grad_gate_pool, grad_weight, grad_bias
 
@@ -636,7 +645,7 @@ def _pool_backward_accumulate(
     ``gsf_pool_backward`` and an add."""
     backend = backends.resolve(x.device, "gsf_pool")
     args = (grad_pooled.contiguous(), x, gate, num_segments, n_gsf)
-    kernel = _accumulate_kernel(backend, x.device)
+    kernel = _accumulate_kernel(backend)
     if kernel is not None:
         return kernel(grad_x, *args)
     grad_x_pool, grad_gate = POOL_BACKWARD[backend](*args)
@@ -649,7 +658,8 @@ def _(grad_x, grad_pooled, x, gate, num_segments, n_gsf):
     return torch.empty_like(gate)
 
 
-def _accumulate_kernel(backend: str, device: torch.device):
+@functools.cache
+def _accumulate_kernel(backend: str):
     name = "gsf_pool_backward_accumulate"
     if backend in ("cpp", "cuda"):
         key = "CPU" if backend == "cpp" else "CUDA"

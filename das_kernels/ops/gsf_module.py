@@ -41,12 +41,12 @@ import torch
 
 from das_kernels.ops._common import check_int, check_same_device, check_tensor, compute_dtype
 from das_kernels.ops.gsf import (
-    _shift_fuse,
     check_frames,
     gate_backward,
     gate_path,
     gsf_gate,
     shift_fuse_backward,
+    shift_fuse_forward,
     triton_gate_kernels,
 )
 
@@ -98,7 +98,7 @@ def _gsf_module(
     T, G = num_segments, 2 * gate_weight.shape[1]
     scale, shift = _bn_affine(bn_weight, bn_bias, mean, invstd)
     gate = _gate(x, gate_weight, gate_bias, scale, shift, T)
-    out, pooled = _shift_fuse(x, gate, fuse_weight, fuse_bias, T, G)
+    out, pooled = shift_fuse_forward(x, gate, fuse_weight, fuse_bias, T, G)
     return out, gate, pooled
 
 
@@ -179,10 +179,7 @@ def _gate_grads(
     kernel on x (``triton`` gate path), else the gate path's backward a few clips at a time."""
     G = 2 * gate_w.shape[1]
     if gate_path(x.device) == "triton":
-        kernels = triton_gate_kernels(x.device)
-        return kernels.gsf_gate_backward(
-            x, scale, shift, gate_w, gate, grad_gate, T, G, True, grad_x
-        )
+        return _triton_gate_grads(grad_x, x, scale, shift, gate_w, gate, grad_gate, T)
     acc = scale.dtype
     weight = gate_w.to(x.dtype)
     grad_gate_w = torch.zeros_like(gate_w, dtype=acc)
@@ -199,6 +196,35 @@ def _gate_grads(
         sum_dy_x += (dy.to(acc) * xg.to(acc)).sum((0, 2, 3))
         grad_x[s, :G].add_(dy.mul_(scale.view(1, -1, 1, 1)))
     return grad_gate_w, grad_gate_b, sum_dy, sum_dy_x
+
+
+# a registered op, not a bare kernel call: gsf_module's backward is traced by torch.compile
+@torch.library.custom_op("das_kernels::gsf_gate_fused_backward", mutates_args=("grad_x",))
+def _triton_gate_grads(
+    grad_x: Tensor,
+    x: Tensor,
+    scale: Tensor,
+    shift: Tensor,
+    gate_w: Tensor,
+    gate: Tensor,
+    grad_gate: Tensor,
+    num_segments: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The triton gate path of ``_gate_grads``: one kernel on x (gradients in scale's dtype)."""
+    kernels = triton_gate_kernels(x.device)
+    G = 2 * gate_w.shape[1]
+    return kernels.gsf_gate_backward(
+        x, scale, shift, gate_w, gate, grad_gate, num_segments, G, True, grad_x
+    )
+
+
+@_triton_gate_grads.register_fake
+def _(grad_x, x, scale, shift, gate_w, gate, grad_gate, num_segments):
+    return (
+        gate_w.new_empty(gate_w.shape, dtype=scale.dtype),
+        scale.new_empty(2),
+        *(torch.empty_like(scale) for _ in range(2)),
+    )
 
 
 _gsf_module.register_autograd(_backward, setup_context=_setup_context)

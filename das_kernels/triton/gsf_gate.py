@@ -242,6 +242,5 @@ def gsf_gate_backward(
         n_cblk, n_ptiles, RELU=relu, ACCUMULATE=grad_x is not None, CT=_ct(x),
         BLOCK_C=block_c, BLOCK_P=block_p, TAPS=_TAPS, num_warps=_GATE[2],
     )  # fmt: skip
-    sum_dy, sum_dy_x = partial_sums.sum(0)
     grad_weight = partial_w.sum(0).view(2, G // 2, 3, 3, 3)
-    return grad_weight, gp.sum((0, 2, 3)), sum_dy, sum_dy_x
+    return grad_weight, gp.sum((0, 2, 3)), partial_sums[:, 0].sum(0), partial_sums[:, 1].sum(0)
