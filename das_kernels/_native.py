@@ -76,9 +76,11 @@ def _load() -> tuple[str | None, bool]:
     try:
         from torch.utils.cpp_extension import load
 
-        print("das_kernels: building native ops (first use; cached afterwards)...", file=sys.stderr)
+        name = f"das_kernels_native_{'cuda' if with_cuda else 'cpu'}_{_source_hash()}"
+        if not _jit_built(name):
+            print("das_kernels: building native ops (first use; cached)...", file=sys.stderr)
         load(
-            name=f"das_kernels_native_{'cuda' if with_cuda else 'cpu'}_{_source_hash()}",
+            name=name,
             sources=[str(p) for p in sources(with_cuda)],
             extra_cflags=flags["cxx"],
             extra_cuda_cflags=flags["nvcc"],
@@ -93,6 +95,16 @@ def _load() -> tuple[str | None, bool]:
     if not _registered():
         return "native library loaded but registered no das_native ops", False
     return None, with_cuda
+
+
+def _jit_built(name: str) -> bool:
+    """Whether torch's JIT cache already holds library `name` (no compile needed)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return (Path(_get_build_directory(name, False)) / f"{name}.so").is_file()
+    except Exception:  # private torch API: assume a build
+        return False
 
 
 def _registered() -> bool:
