@@ -430,9 +430,12 @@ def ablation_runs(cfg: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _finished(sub: dict[str, Any]) -> dict[str, Any] | None:
-    """The saved result of a finished run when resuming, else None."""
+    """The saved result of a finished run when resuming, else None (results written before
+    they carried their seed get the run's)."""
     done = Path(sub["out"]) / "result.json"
-    return json.loads(done.read_text()) if sub.get("resume") and done.is_file() else None
+    if not (sub.get("resume") and done.is_file()):
+        return None
+    return {"seed": sub["seed"], **json.loads(done.read_text())}
 
 
 def run_ablation(cfg: dict[str, Any], env: DistEnv | None = None) -> list[dict[str, Any]]:
