@@ -353,6 +353,7 @@ class Trainer:
             "val_acc": final["acc"],
             "val_loss": final["loss"],
             "best_val_acc": max(accs + [final["acc"]]),
+            "train_acc": self.log[-1]["train_acc"] if self.log else None,
             "train_seconds": self.seconds,
             "sec_per_step": sum(steps) / max(len(steps), 1),
             "data": self.bundle.describe(),
@@ -432,11 +433,16 @@ def ablation_runs(cfg: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def _finished(sub: dict[str, Any]) -> dict[str, Any] | None:
     """The saved result of a finished run when resuming, else None (results written before
-    they carried their seed get the run's)."""
+    they carried their seed or last training accuracy get them from the run and its log)."""
     done = Path(sub["out"]) / "result.json"
     if not (sub.get("resume") and done.is_file()):
         return None
-    return {"seed": sub["seed"], **json.loads(done.read_text())}
+    result = {"seed": sub["seed"], **json.loads(done.read_text())}
+    log = done.with_name("train_log.json")
+    if "train_acc" not in result and log.is_file():
+        records = json.loads(log.read_text())
+        result["train_acc"] = records[-1].get("train_acc") if records else None
+    return result
 
 
 def run_ablation(cfg: dict[str, Any], env: DistEnv | None = None) -> list[dict[str, Any]]:
@@ -547,6 +553,7 @@ def write_ablation(results: list[dict[str, Any]], out: Path, cfg: dict[str, Any]
     rows = []
     for (variant, fusion), runs in groups.items():
         accs = [100 * r["val_acc"] for r in runs]
+        train_accs = [100 * r["train_acc"] for r in runs if r.get("train_acc") is not None]
         rows.append(
             [
                 variant,
@@ -558,6 +565,7 @@ def write_ablation(results: list[dict[str, Any]], out: Path, cfg: dict[str, Any]
                 _pm(accs),
                 ", ".join(f"{a:.2f}" for a in accs),
                 _pm([100 * r["best_val_acc"] for r in runs]),
+                _pm(train_accs) if train_accs else "-",
                 _mean_sd([r["sec_per_step"] for r in runs])[0],
                 sum(r["train_seconds"] for r in runs),
             ]
@@ -566,7 +574,7 @@ def write_ablation(results: list[dict[str, Any]], out: Path, cfg: dict[str, Any]
         f", at most {cfg['max_steps']} steps" if cfg["max_steps"] else ""
     )
     header = ["variant", "fusion", "T", "params", "steps", "seeds", "val acc %"]
-    header += ["per seed", "best val acc %", "s/step", "train s (all seeds)"]
+    header += ["per seed", "best val acc %", "last train acc %", "s/step", "train s (all seeds)"]
     lines = [
         "# DAS ablation",
         "",
@@ -577,7 +585,9 @@ def write_ablation(results: list[dict[str, Any]], out: Path, cfg: dict[str, Any]
         "",
         markdown_table(header, rows),
         "",
-        "val acc: final validation accuracy, mean ± sample sd over the seeds.",
+        "val acc: final validation accuracy, mean ± sample sd over the seeds; last train acc: "
+        "training accuracy over the last epoch, on augmented inputs (above val acc: the "
+        "networks overfit; below: they still underfit).",
     ]
     paired = _paired_differences(groups)
     if paired:

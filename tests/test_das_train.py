@@ -87,10 +87,16 @@ def test_ablation_table(tmp_path, genotype_file):
     assert by["das"]["fusion"] == FAST_FUSION
     table = (out / "ablation.md").read_text()
     assert "| variant | fusion | T |" in table and "shuffle" in table
+    assert "last train acc %" in table
+    last_train_acc = json.loads((out / "das" / "train_log.json").read_text())[-1]["train_acc"]
+    assert by["das"]["train_acc"] == last_train_acc
     # --resume reuses finished variants, also results written before they carried a seed
+    # or the last training accuracy
     old = out / "das" / "result.json"
     old.write_text(
-        json.dumps({k: v for k, v in json.loads(old.read_text()).items() if k != "seed"})
+        json.dumps(
+            {k: v for k, v in json.loads(old.read_text()).items() if k not in ("seed", "train_acc")}
+        )
     )
     assert (
         train.main(
@@ -110,6 +116,8 @@ def test_ablation_table(tmp_path, genotype_file):
         )
         == 0
     )
+    resumed = {r["variant"]: r for r in json.loads((out / "ablation.json").read_text())}
+    assert resumed["das"]["train_acc"] == last_train_acc and resumed["das"]["seed"] == 0
 
 
 def test_ablation_seeds_in_parallel_equal_sequential(tmp_path, genotype_file):
