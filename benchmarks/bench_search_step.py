@@ -15,6 +15,11 @@ over ``--steps`` steps after ``--warmup`` steps (CUDA synchronised), speedup of 
 reference, the losses of the first step (arch / weight; fused and reference must agree to
 rounding) and on CUDA the peak memory allocated during the timed steps. A table, and JSON
 (``--json``).
+
+``--profile`` (CPU) profiles one more step per backend with ``torch.profiler`` and reports
+the share of its self CPU time spent in convolutions and in BatchNorm, which das_kernels
+does not replace, and the Amdahl bound they set: the fused/reference ratio if everything
+else in the reference step cost nothing.
 """
 
 from __future__ import annotations
@@ -79,7 +84,23 @@ def search_step(s: search.Searcher, step: int) -> tuple[float, float, float, flo
     return t1 - t0, time.perf_counter() - t1, a_loss, w_loss
 
 
-def measure(argv: list[str], backend: str, steps: int, warmup: int) -> dict[str, Any]:
+def op_shares(s: search.Searcher, step: int) -> dict[str, float]:
+    """Shares of one profiled step's self CPU time in convolutions and in BatchNorm (forward
+    and backward aten ops whose names contain ``conv`` / ``batch_norm``)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        search_step(s, step)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+
+    def share(part: str) -> float:
+        return sum(e.self_cpu_time_total for e in events if part in e.key.lower()) / total
+
+    return {"conv_share": share("conv"), "batch_norm_share": share("batch_norm")}
+
+
+def measure(
+    argv: list[str], backend: str, steps: int, warmup: int, profile: bool = False
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as out:
         s = make_searcher(argv, backend, out)
         cuda = s.dev.type == "cuda"
@@ -92,6 +113,7 @@ def measure(argv: list[str], backend: str, steps: int, warmup: int) -> dict[str,
                 torch.cuda.reset_peak_memory_stats(s.dev)
             timed = [search_step(s, warmup + i) for i in range(steps)]
             peak = torch.cuda.max_memory_allocated(s.dev) if cuda else None
+            shares = op_shares(s, warmup + steps) if profile else {}
         del s
     gc.collect()
     if cuda:
@@ -110,6 +132,7 @@ def measure(argv: list[str], backend: str, steps: int, warmup: int) -> dict[str,
         peak_bytes=peak,
         peak=H.fmt_bytes(peak) if cuda else "n/a",
         steps=steps,
+        **shares,
     )
 
 
@@ -132,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="tiny config: resnet_tiny, B8, T4, 16x16"
     )
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="CPU: profile one more step per backend; convolution and BatchNorm shares and "
+        "the speedup bound they set",
+    )
+    parser.add_argument(
         "--json",
         default=None,
         help="output path (default benchmarks/results/bench_search_step_<device>.json)",
@@ -145,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda: CUDA is not available")
     if args.amp and device != "cuda":
         parser.error("--amp needs CUDA")
+    if args.profile and device != "cpu":
+        parser.error("--profile measures CPU time; run it with --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     base = QUICK if args.quick else FULL
@@ -159,17 +190,26 @@ def main(argv: list[str] | None = None) -> int:
         f"{H.environment()}",
         flush=True,
     )
-    rows = [measure(run_argv, backend, steps, warmup) for backend in args.backends]
+    rows = [measure(run_argv, backend, steps, warmup, args.profile) for backend in args.backends]
     by_name = {r["backend"]: r for r in rows}
+    bound = None
     if "reference" in by_name:
         ref = by_name["reference"]
         for r in rows:
             r["x_vs_reference"] = ref["s_per_step"] / r["s_per_step"]
             if r["peak_bytes"] and ref["peak_bytes"]:
                 r["mem_vs_reference"] = r["peak_bytes"] / ref["peak_bytes"]
+        if args.profile:
+            bound = 1 / (ref["conv_share"] + ref["batch_norm_share"])
     columns = ["backend", "das_kernels", "s_per_step", "s_arch", "s_weight", "x_vs_reference"]
     columns += ["peak", "mem_vs_reference", "first_losses"]
+    columns += ["conv_share", "batch_norm_share"] if args.profile else []
     H.print_table(rows, columns)
+    if bound is not None:
+        print(
+            f"convolutions + BatchNorm are {1 / bound:.1%} of the reference step: replacing "
+            f"everything else with free ops would make the step at most {bound:.2f}x faster"
+        )
     out = args.json or f"benchmarks/results/bench_search_step_{device}.json"
     H.write_json(
         out,
@@ -181,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": warmup,
             "environment": H.environment(),
             "rows": rows,
+            "speedup_bound": bound,
         },
     )
     return 0

@@ -28,8 +28,16 @@ def test_search_step(benchmark, backend, tmp_path):
 
 def test_script_writes_json(tmp_path):
     out = tmp_path / "step.json"
-    assert main(["--quick", "--device", "cpu", "--steps", "1", "--json", str(out)]) == 0
-    rows = {r["backend"]: r for r in json.loads(out.read_text())["rows"]}
+    argv = ["--quick", "--device", "cpu", "--steps", "1", "--profile", "--json", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    rows = {r["backend"]: r for r in result["rows"]}
+    for r in rows.values():
+        assert 0 < r["conv_share"] < 1 and 0 < r["batch_norm_share"] < 1
+    ref = rows["reference"]
+    assert result["speedup_bound"] == pytest.approx(
+        1 / (ref["conv_share"] + ref["batch_norm_share"])
+    )
     assert set(rows) == {"fused", "reference"}
     assert rows["fused"]["first_arch_loss"] == pytest.approx(rows["reference"]["first_arch_loss"])
     assert rows["fused"]["s_per_step"] > 0
