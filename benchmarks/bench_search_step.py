@@ -9,12 +9,14 @@ default): ``searcher.arch_step(xt, yt, xv, yv)`` (Adam on tau) then ``das.engine
 weight_step`` (SGD on the backbone), on batches from the searcher's own weight and arch
 streams (bundled digits resized to ``--image-size``; batch creation is not timed, as in
 the search). The searcher is built by the real CLI (``das.search.build_parser``) and run
-under ``das.runtime.ops_backend("fused" | "reference")``, a fresh searcher per backend with
-the same seed. Reported per backend: median seconds per step (and its arch / weight parts)
-over ``--steps`` steps after ``--warmup`` steps (CUDA synchronised), speedup of fused over
-reference, the losses of the first step (arch / weight; fused and reference must agree to
-rounding) and on CUDA the peak memory allocated during the timed steps. A table, and JSON
-(``--json``).
+under ``das.runtime.ops_backend("fused" | "reference")``, a searcher per backend with the
+same seed; after ``--warmup`` steps each, the ``--steps`` timed steps alternate between the
+backends (timing them one backend after the other favoured whichever ran second by up to
+20% on the CPU). Reported per backend: median seconds per step (and its arch / weight
+parts; CUDA synchronised), speedup of fused over reference, the losses of the first step
+(arch / weight; fused and reference must agree to rounding) and on CUDA the peak memory a
+step allocates above what was allocated before it (activations, gradients, workspaces;
+parameters and optimiser states are the same for both). A table, and JSON (``--json``).
 
 ``--profile`` (CPU) profiles one more step per backend with ``torch.profiler`` and reports
 the share of its self CPU time spent in convolutions and in BatchNorm, which das_kernels
@@ -98,42 +100,67 @@ def op_shares(s: search.Searcher, step: int) -> dict[str, float]:
     return {"conv_share": share("conv"), "batch_norm_share": share("batch_norm")}
 
 
+def timed_step(s: search.Searcher, backend: str, step: int) -> tuple[float, ...]:
+    """``search_step`` under ``backend``'s ops, plus on CUDA the peak memory the step
+    allocated above what was allocated before it (activations, gradients, workspaces)."""
+    cuda = s.dev.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(s.dev)
+        before = torch.cuda.memory_allocated(s.dev)
+    with ops_backend(backend):
+        result = search_step(s, step)
+    peak = torch.cuda.max_memory_allocated(s.dev) - before if cuda else 0
+    return (*result, peak)
+
+
 def measure(
-    argv: list[str], backend: str, steps: int, warmup: int, profile: bool = False
-) -> dict[str, Any]:
+    argv: list[str], backends: list[str], steps: int, warmup: int, profile: bool = False
+) -> list[dict[str, Any]]:
+    """One searcher per backend (same seed); ``warmup`` untimed steps each, then ``steps``
+    timed steps alternating between the backends, so that neither pays the process's
+    warm-up (allocator growth, oneDNN primitive caches) nor drifts in machine speed alone."""
     with tempfile.TemporaryDirectory() as out:
-        s = make_searcher(argv, backend, out)
-        cuda = s.dev.type == "cuda"
-        with ops_backend(backend):
-            ops = search._backend_name(s.dev, backend)
-            first = search_step(s, 0)
-            for i in range(1, warmup):
-                search_step(s, i)
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(s.dev)
-            timed = [search_step(s, warmup + i) for i in range(steps)]
-            peak = torch.cuda.max_memory_allocated(s.dev) if cuda else None
-            shares = op_shares(s, warmup + steps) if profile else {}
-        del s
+        searchers = {b: make_searcher(argv, b, f"{out}/{b}") for b in backends}
+        first = {b: timed_step(s, b, 0) for b, s in searchers.items()}
+        for i in range(1, warmup):
+            for b, s in searchers.items():
+                timed_step(s, b, i)
+        timed: dict[str, list[tuple[float, ...]]] = {b: [] for b in backends}
+        for i in range(warmup, warmup + steps):
+            for b, s in searchers.items():
+                timed[b].append(timed_step(s, b, i))
+        shares = {}
+        for b, s in searchers.items():
+            with ops_backend(b):
+                shares[b] = op_shares(s, warmup + steps) if profile else {}
+        cuda = next(iter(searchers.values())).dev.type == "cuda"
+        names = {b: search._backend_name(s.dev, b) for b, s in searchers.items()}
+        del searchers
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
-    arch = [t[0] for t in timed]
-    weight = [t[1] for t in timed]
-    return dict(
-        backend=backend,
-        das_kernels=ops,
-        s_per_step=statistics.median(a + w for a, w in zip(arch, weight)),
-        s_arch=statistics.median(arch),
-        s_weight=statistics.median(weight),
-        first_arch_loss=first[2],
-        first_weight_loss=first[3],
-        first_losses=f"{first[2]:.6f} / {first[3]:.6f}",
-        peak_bytes=peak,
-        peak=H.fmt_bytes(peak) if cuda else "n/a",
-        steps=steps,
-        **shares,
-    )
+    rows = []
+    for b in backends:
+        arch = [t[0] for t in timed[b]]
+        weight = [t[1] for t in timed[b]]
+        peak = max(t[4] for t in timed[b]) if cuda else None
+        rows.append(
+            dict(
+                backend=b,
+                das_kernels=names[b],
+                s_per_step=statistics.median(a + w for a, w in zip(arch, weight)),
+                s_arch=statistics.median(arch),
+                s_weight=statistics.median(weight),
+                first_arch_loss=first[b][2],
+                first_weight_loss=first[b][3],
+                first_losses=f"{first[b][2]:.6f} / {first[b][3]:.6f}",
+                peak_bytes=peak,
+                peak=H.fmt_bytes(peak) if cuda else "n/a",
+                steps=steps,
+                **shares[b],
+            )
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{H.environment()}",
         flush=True,
     )
-    rows = [measure(run_argv, backend, steps, warmup, args.profile) for backend in args.backends]
+    rows = measure(run_argv, args.backends, steps, warmup, args.profile)
     by_name = {r["backend"]: r for r in rows}
     bound = None
     if "reference" in by_name:
