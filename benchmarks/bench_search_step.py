@@ -5,7 +5,7 @@
     python benchmarks/bench_search_step.py --quick          # tiny config (resnet_tiny, 16x16)
 
 One step is what ``das.search.Searcher.train_epoch`` does per step (first order by default):
-``searcher.arch_step(xt, yt, xv, yv)`` (Adam on tau) then ``das.engine. weight_step`` (SGD
+``searcher.arch_step(xt, yt, xv, yv)`` (Adam on tau) then ``das.engine.weight_step`` (SGD
 on the backbone), on batches from the searcher's own weight and arch streams (bundled digits
 resized to ``--image-size``; batch creation is not timed, as in the search). The searcher is
 built by the real CLI (``das.search.build_parser``) and run under
