@@ -87,11 +87,11 @@ def search_step(s: search.Searcher, step: int) -> tuple[float, float, float, flo
     return t1 - t0, time.perf_counter() - t1, a_loss, w_loss
 
 
-def op_shares(s: search.Searcher, step: int) -> dict[str, float]:
+def op_shares(s: search.Searcher, backend: str, step: int) -> dict[str, float]:
     """Shares of one profiled step's self CPU time in convolutions and in BatchNorm (forward
     and backward aten ops whose names contain ``conv`` / ``batch_norm``)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        search_step(s, step)
+        timed_step(s, backend, step)
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
 
@@ -130,10 +130,9 @@ def measure(
         for i in range(warmup, warmup + steps):
             for b, s in searchers.items():
                 timed[b].append(timed_step(s, b, i))
-        shares = {}
-        for b, s in searchers.items():
-            with ops_backend(b):
-                shares[b] = op_shares(s, warmup + steps) if profile else {}
+        shares = {
+            b: op_shares(s, b, warmup + steps) if profile else {} for b, s in searchers.items()
+        }
         cuda = next(iter(searchers.values())).dev.type == "cuda"
         names = {b: search._backend_name(s.dev, b) for b, s in searchers.items()}
         del searchers
