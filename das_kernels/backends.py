@@ -167,4 +167,7 @@ def backend_report() -> str:
                 lines.append(f"  {name:<10} {'available' if reason is None else reason}")
     if not torch.cuda.is_available():
         lines.append("cuda: no CUDA device (torch.cuda.is_available() is False)")
+    from das_kernels import _native
+
+    lines.append(_native.build_report())
     return "\n".join(lines)
