@@ -23,6 +23,8 @@ Conventions:
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -139,7 +141,11 @@ def _check(op: str, x: Tensor, amount: Tensor | float) -> None:
         raise TypeError(f"x must be a floating tensor, got dtype {x.dtype}")
     if x.shape[1] not in (1, 3):
         raise ValueError(f"x must have 1 or 3 channels, got C = {x.shape[1]}")
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"x must have H, W >= 1, got shape {tuple(x.shape)}")
     if isinstance(amount, Tensor):
+        if not amount.is_floating_point():
+            raise TypeError(f"amount must be a floating tensor, got dtype {amount.dtype}")
         if amount.dim() > 1 or (amount.dim() == 1 and amount.shape[0] != x.shape[0]):
             raise ValueError(
                 f"amount must be a float or an (N,) = ({x.shape[0]},) tensor, "
@@ -147,6 +153,8 @@ def _check(op: str, x: Tensor, amount: Tensor | float) -> None:
             )
         if amount.device != x.device:
             raise ValueError(f"amount is on {amount.device} but x is on {x.device}")
+    elif isinstance(amount, bool) or not isinstance(amount, numbers.Real):
+        raise TypeError(f"amount must be a real number or a tensor, got {type(amount).__name__}")
 
 
 def colour_transform(op: str, x: Tensor, amount: Tensor | float) -> Tensor:

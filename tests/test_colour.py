@@ -184,8 +184,20 @@ def test_dtypes(op):
         ("color", torch.rand(2, 3, 4, 4), torch.zeros(3), ValueError, r"\(N,\) = \(2,\).*\(3,\)"),
         ("color", torch.rand(2, 3, 4, 4), torch.zeros(2, 1), ValueError, r"got shape \(2, 1\)"),
         ("color", torch.rand(2, 3, 4, 4), torch.zeros(2, device="meta"), ValueError, "meta"),
+        ("color", torch.rand(2, 3, 4, 4), "0.5", TypeError, "amount must be a real number.*str"),
+        ("color", torch.rand(2, 3, 4, 4), True, TypeError, "amount.*bool"),
+        ("color", torch.rand(2, 3, 4, 4), torch.ones(2, dtype=torch.long), TypeError, "amount"),
+        ("equalize", torch.rand(1, 3, 0, 4), 0.5, ValueError, r"H, W >= 1.*\(1, 3, 0, 4\)"),
+        ("sharpness", torch.rand(1, 3, 4, 0), 0.5, ValueError, r"H, W >= 1"),
     ],
 )
 def test_bad_inputs(op, x, amount, error, match):
     with pytest.raises(error, match=match):
         C.colour_transform(op, x, amount)
+
+
+def test_numpy_amounts_are_numbers():
+    x = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    for amount in (np.float32(0.25), np.int64(1)):
+        expected = C.colour_transform("contrast", x, float(amount))
+        torch.testing.assert_close(C.colour_transform("contrast", x, amount), expected)
