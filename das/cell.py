@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import das_kernels
+from das.unwarp import AVERAGES, path_terms, unwarp_frames
 from das_kernels.affine import DEFAULT_MAGNITUDE, OPS_AFFINE5, TRANSFORMS, build_theta, frame_steps
 from das_kernels.colour import COLOUR_OPS, DEFAULT_COLOUR_MAGNITUDE, colour_transform
 
@@ -345,6 +346,23 @@ class DASCell(nn.Module):
         steps = frame_steps(self.frames, self.mode, device=mags.device)
         return mags[..., None] * steps
 
+    def op_thetas(self) -> Tensor:
+        """(edges, ops, T, 2, 3): every op's sampling matrix, the identity for colour ops."""
+        E, K = self.tau.shape
+        eye = torch.eye(2, 3, device=self.magnitudes.device)
+        theta = eye.expand(E, K, self.frames, 2, 3)
+        if not self.affine_idx:
+            return theta
+        theta = theta.clone()
+        theta[:, self.affine_idx] = self.thetas()
+        return theta
+
+    def unwarp(self, frames: Tensor, average: str = "logits") -> tuple[Tensor, Tensor]:
+        """Per-frame predictions (B, T, C, H, W) -> un-warped (B, C, H, W) and coverage
+        (B, 1, H, W), with every path of the current (masked, fixed) mix; see das.unwarp."""
+        theta, weights = path_terms(self.edges, self.nodes, self.op_thetas(), self.edge_weights())
+        return unwarp_frames(frames, theta, weights, average)
+
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
         self._theta_cache = None
         super()._load_from_state_dict(*args, **kwargs)
@@ -437,6 +455,7 @@ class DiscreteCell(nn.Module):
         self.register_buffer("amounts", amounts, persistent=False)  # (edges, 1, T)
         self.register_buffer("one", torch.ones(1), persistent=False)
         self.pixels = PixelSpace(pixel_mean, pixel_std)
+        self._paths: tuple[Tensor, Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x)
@@ -450,6 +469,14 @@ class DiscreteCell(nn.Module):
             )
 
         return _run_dag(x, self.nodes, edge)
+
+    def unwarp(self, frames: Tensor, average: str = "logits") -> tuple[Tensor, Tensor]:
+        """Per-frame predictions (B, T, C, H, W) -> un-warped (B, C, H, W) and coverage
+        (B, 1, H, W) over the genotype's paths; see das.unwarp."""
+        if self._paths is None or self._paths[0].device != frames.device:
+            weights = self.one.expand(len(self.genotype.ops), 1)
+            self._paths = path_terms(cell_edges(self.nodes), self.nodes, self.theta, weights)
+        return unwarp_frames(frames, *self._paths, average)
 
     def extra_repr(self) -> str:
         return f"frames={self.frames}, nodes={self.nodes}, ops={list(self.genotype.ops)}"
@@ -484,6 +511,15 @@ class ReplicaCell(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x)
         return x.unsqueeze(1).expand(-1, self.frames, -1, -1, -1)
+
+    def unwarp(self, frames: Tensor, average: str = "logits") -> tuple[Tensor, Tensor]:
+        """The plain frame mean (nothing moved), coverage 1."""
+        if average not in AVERAGES:
+            raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
+        if average == "probs":
+            frames = torch.softmax(frames, dim=2)
+        out = frames.mean(1)
+        return out, out.new_ones(out.shape[0], 1, *out.shape[2:])
 
     def extra_repr(self) -> str:
         return f"frames={self.frames}"
