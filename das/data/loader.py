@@ -94,13 +94,13 @@ class _Plan:
 
     def __init__(self, batch_size: int) -> None:
         self.batch_size = batch_size
-        self.order: list[int] = []
+        self.order = torch.zeros(0, dtype=torch.int64)
         self.start = self.stop = 0
 
     def __iter__(self) -> Iterator[list[int]]:
         bs = self.batch_size
         for i in range(self.start, self.stop):
-            yield self.order[i * bs : (i + 1) * bs]
+            yield self.order[i * bs : (i + 1) * bs].tolist()
 
 
 class BatchLoader:
@@ -206,7 +206,7 @@ class BatchLoader:
                     persistent_workers=True,
                     generator=torch.Generator().manual_seed(0),  # not the global RNG
                 )
-            self._plan.order, self._plan.start, self._plan.stop = idx.tolist(), i, len(self)
+            self._plan.order, self._plan.start, self._plan.stop = idx, i, len(self)
             self._it = iter(self._dl)
         out = next(self._it)  # type: ignore[arg-type]
         self._pos = (epoch, i + 1)
