@@ -61,7 +61,7 @@ class ImageSet(Dataset):
         return tuple(self.x.shape[1:])  # type: ignore[return-value]
 
     def gather(self, index) -> tuple[Tensor, Tensor]:
-        index = torch.as_tensor(index)
+        index = torch.as_tensor(index, dtype=torch.int64)
         return self.x[index], self.y[index]
 
     def subset(self, index: Tensor) -> ImageSet:
@@ -142,13 +142,13 @@ class FolderSet(Dataset):
         return torch.from_numpy(self.read(int(i))).permute(2, 0, 1).contiguous(), self.y[i]
 
     def gather(self, index) -> tuple[Tensor, Tensor]:
-        index = torch.as_tensor(index)
+        index = torch.as_tensor(index, dtype=torch.int64)
         arrs = np.stack([self.read(i) for i in index.tolist()])
         x = torch.from_numpy(arrs).permute(0, 3, 1, 2).contiguous()
         return x, self.y[index]
 
     def subset(self, index: Tensor) -> FolderSet:
-        index = torch.as_tensor(index)
+        index = torch.as_tensor(index, dtype=torch.int64)
         return FolderSet(
             self.root, self.files[index.numpy()], self.y[index], self.size, self.resize
         )
