@@ -1,7 +1,6 @@
-"""Datasets (in memory, uint8), standard augmentation and deterministic batch streams.
+"""Data sources and ``load_data``: a ``DataBundle`` of a train and a val set.
 
-Sources (``load_data(source)``; ``source`` is ``digits`` or a path, the format detected
-from it or given explicitly):
+``source`` is ``digits`` or a path, the format detected from it or given explicitly:
 
 * ``digits`` (default, no download): scikit-learn's bundled 8x8 digits (1,797 images),
   upsampled (bilinear) to ``image_size`` (default 16: sub-pixel shifts and rotations make
@@ -14,19 +13,15 @@ from it or given explicitly):
   ``t10k-labels-idx1-ubyte[.gz]``; with only the t10k pair it is split 80/20.
 * ``npz``: a ``.npz`` with ``x_train, y_train, x_val, y_val`` (uint8 ``N x H x W x C`` or
   ``N x H x W``, integer labels), optional ``classes`` (e.g. ``shared/data/cifar10_small.npz``).
-* ``folder``: ``root/train/<class>/*.png|jpg`` and ``root/val/<class>/...`` (or ``test``),
-  or ``root/<class>/...`` split 80/20.
-
-Batches: every batch is a pure function of ``(seed, stream, data_epoch, batch_index)``
-(order, crop, flip, cutout), so a run resumed from a checkpoint sees exactly the batches an
-uninterrupted one would. ``rank``/``world`` shard each epoch DistributedSampler-style.
+* ``folder``: ``root/train/<class>/*.png|jpg`` and ``root/val/<class>/...`` (or ``test``;
+  ImageNet's ``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``), or ``root/<class>/...`` split
+  80/20. Read lazily (``das.data.sets.FolderSet``); the others are held in memory (uint8).
 """
 
 from __future__ import annotations
 
 import gzip
 import pickle
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,50 +30,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = [
-    "FORMATS",
-    "BatchLoader",
-    "BatchStream",
-    "DataBundle",
-    "DataError",
-    "ImageSet",
-    "augment_batch",
-    "load_data",
-]
+from das.data.sets import (
+    FOLDER_LAYOUT,
+    DataError,
+    FolderSet,
+    ImageSet,
+    pixel_stats,
+    scan_folder,
+    split_set,
+)
 
 FORMATS = ("auto", "digits", "cifar", "mnist", "npz", "folder")
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp"}
-
-
-class DataError(ValueError):
-    """Missing or malformed data; the message names the path and the expected layout."""
-
-
-@dataclass
-class ImageSet:
-    x: Tensor  # uint8 (N, C, H, W)
-    y: Tensor  # int64 (N,)
-
-    def __post_init__(self) -> None:
-        if self.x.dtype != torch.uint8 or self.x.dim() != 4:
-            raise DataError(
-                f"images must be uint8 (N, C, H, W), got {self.x.dtype} {tuple(self.x.shape)}"
-            )
-        if self.y.shape != (self.x.shape[0],):
-            raise DataError(f"{self.x.shape[0]} images but labels of shape {tuple(self.y.shape)}")
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def subset(self, index: Tensor) -> ImageSet:
-        return ImageSet(self.x[index], self.y[index])
+STATS_IMAGES = 1024  # a lazy set with more images takes its mean/std from a seeded sample
 
 
 @dataclass
 class DataBundle:
     name: str
-    train: ImageSet
-    val: ImageSet
+    train: ImageSet | FolderSet
+    val: ImageSet | FolderSet
     num_classes: int
     classes: list[str]
     mean: tuple[float, ...]
@@ -89,17 +59,32 @@ class DataBundle:
 
     @property
     def in_channels(self) -> int:
-        return self.train.x.shape[1]
+        return self.train.image_shape[0]
 
     @property
     def image_size(self) -> int:
-        return self.train.x.shape[-1]
+        return self.train.image_shape[-1]
+
+    @property
+    def aspect(self) -> float:
+        """Image width over height."""
+        _, h, w = self.train.image_shape
+        return w / h
+
+    @property
+    def lazy(self) -> bool:
+        return self.train.lazy
+
+    def preview(self, n: int = 4) -> Tensor:
+        """The first `n` validation images, uint8 (n, C, H, W)."""
+        return self.val.gather(torch.arange(min(n, len(self.val))))[0]
 
     def describe(self) -> str:
-        c, h, w = self.train.x.shape[1:]
+        c, h, w = self.train.image_shape
+        lazy = ", read from disk per batch" if self.lazy else ""
         return (
             f"{self.name}: {len(self.train)} train / {len(self.val)} val, "
-            f"{self.num_classes} classes, {c}x{h}x{w}"
+            f"{self.num_classes} classes, {c}x{h}x{w}{lazy}"
         )
 
 
@@ -111,6 +96,15 @@ def _from_hwc(x: np.ndarray, where: str) -> Tensor:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise DataError(f"{where}: expected images N x H x W (x 1|3), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise DataError(f"{where}: no images (shape {x.shape})")
+    if np.issubdtype(x.dtype, np.floating):
+        bad = ~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
+        if bad.any():
+            raise DataError(
+                f"{where}: {int(bad.sum())} of {x.shape[0]} images hold NaN or infinite pixels "
+                f"(first: image {int(np.argmax(bad))})"
+            )
     if x.dtype != np.uint8:
         if np.issubdtype(x.dtype, np.floating) and x.size and float(x.max()) <= 1.0:
             x = x * 255.0
@@ -125,21 +119,6 @@ def _labels(y: np.ndarray, where: str) -> Tensor:
     if y.size and y.min() < 0:
         raise DataError(f"{where}: labels must be >= 0, found {y.min()}")
     return torch.from_numpy(y.astype(np.int64))
-
-
-def _split(data: ImageSet, val_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
-    """Stratified split with a fixed seed: per class, the first `val_fraction` go to val."""
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(data), generator=g)
-    val_idx, train_idx = [], []
-    for c in torch.unique(data.y):
-        members = perm[data.y[perm] == c]
-        n_val = int(round(len(members) * val_fraction))
-        val_idx.append(members[:n_val])
-        train_idx.append(members[n_val:])
-    return data.subset(torch.cat(train_idx).sort().values), data.subset(
-        torch.cat(val_idx).sort().values
-    )
 
 
 def _load_digits() -> tuple[ImageSet, ImageSet | None, list[str]]:
@@ -289,50 +268,18 @@ def _load_npz(path: Path) -> tuple[ImageSet, ImageSet | None, list[str]]:
     return train, val, classes
 
 
-FOLDER_LAYOUT = (
-    "an image folder root/train/<class>/*.png and root/val/<class>/*.png (or root/test/...), "
-    "or root/<class>/*.png (split 80/20)"
-)
-
-
-def _read_folder(root: Path, classes: list[str], size: int | None) -> ImageSet:
-    from PIL import Image
-
-    xs, ys = [], []
-    for ci, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_EXTS)
-        for p in files:
-            try:
-                with Image.open(p) as im:
-                    im = im.convert("RGB")
-                    if size is not None and im.size != (size, size):
-                        im = im.resize((size, size), Image.BILINEAR)
-                    arr = np.asarray(im, dtype=np.uint8)
-            except Exception as exc:
-                raise DataError(f"cannot read image {p} ({exc})") from exc
-            if xs and arr.shape != xs[0].shape:
-                raise DataError(
-                    f"{p} is {arr.shape[1]}x{arr.shape[0]} but earlier images are "
-                    f"{xs[0].shape[1]}x{xs[0].shape[0]}; pass --image-size to resize them"
-                )
-            xs.append(arr)
-            ys.append(ci)
-    if not xs:
-        raise DataError(f"no images under {root}; expected {FOLDER_LAYOUT}")
-    return ImageSet(_from_hwc(np.stack(xs), str(root)), torch.tensor(ys, dtype=torch.int64))
-
-
-def _load_folder(root: Path, size: int | None) -> tuple[ImageSet, ImageSet | None, list[str]]:
+def _load_folder(root: Path, size: int | None) -> tuple[FolderSet, FolderSet | None, list[str]]:
     train_dir = root / "train"
     val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     base = train_dir if train_dir.is_dir() else root
     classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{base} has no class sub-directories; expected {FOLDER_LAYOUT}")
-    train = _read_folder(base, classes, size)
-    if size is None:
-        size = train.x.shape[-1]
-    val = _read_folder(val_dir, classes, size) if base is train_dir and val_dir else None
+    hw = None if size is None else (size, size)
+    train = scan_folder(base, classes, hw, size is not None, "training")
+    val = None
+    if base is train_dir and val_dir:
+        val = scan_folder(val_dir, classes, train.size, True, "validation")
     return train, val, classes
 
 
@@ -372,6 +319,27 @@ def _resize(data: ImageSet, size: int) -> ImageSet:
     return ImageSet(x.round().clamp(0, 255).to(torch.uint8), data.y)
 
 
+def _check_labels(train, val, classes: list[str], source: str) -> None:
+    """Labels must be 0..N-1: below the number of class names, or without gaps."""
+    y = torch.cat([train.y, val.y])
+    if y.numel() == 0:
+        raise DataError(f"{source}: no images")
+    top = int(y.max())
+    if classes:
+        if top >= len(classes):
+            raise DataError(f"{source}: {len(classes)} class names but labels go up to {top}")
+        return
+    present = torch.unique(y)
+    if len(present) != top + 1:
+        missing = sorted(set(range(top + 1)) - set(present.tolist()))
+        raise DataError(
+            f"{source}: labels must be 0..N-1, but they are {len(present)} distinct values from "
+            f"{int(present[0])} to {top} ({len(missing)} of 0..{top} unused, e.g. {missing[:5]}); "
+            "they would make a classifier of "
+            f"{top + 1} classes: relabel them 0..{len(present) - 1}, or give class names"
+        )
+
+
 def load_data(
     source: str = "digits",
     fmt: str = "auto",
@@ -380,8 +348,14 @@ def load_data(
     split_seed: int = 0,
     limit_train: int | None = None,
     limit_val: int | None = None,
+    lazy: bool | None = None,
 ) -> DataBundle:
-    """Load a dataset into memory. ``image_size`` resizes (default: 16 for digits, else native)."""
+    """Load a dataset. ``image_size`` resizes (default: 16 for digits, else native).
+
+    Image folders are lazy by default (``lazy=None``): file names and labels in memory, pixels
+    read per item; ``lazy=False`` decodes them into memory up front. The other formats are
+    always in memory (``lazy=True`` for them is a DataError).
+    """
     if fmt not in FORMATS:
         raise DataError(f"unknown data format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "auto":
@@ -389,6 +363,8 @@ def load_data(
     path = Path(source).expanduser()
     if fmt != "digits" and not path.exists():
         raise DataError(f"data path not found: {path}")
+    if lazy and fmt != "folder":
+        raise DataError(f"{source}: only image folders are read lazily, {fmt} is held in memory")
     if fmt == "digits":
         train, val, classes = _load_digits()
         image_size = image_size or 16
@@ -401,12 +377,14 @@ def load_data(
     else:
         train, val, classes = _load_folder(path, image_size)
     if val is None:
-        train, val = _split(train, val_fraction, split_seed)
-    if train.x.shape[1:] != val.x.shape[1:]:
-        raise DataError(
-            f"{source}: train images {tuple(train.x.shape[1:])} != val {tuple(val.x.shape[1:])}"
-        )
-    if image_size is not None:
+        train, val = split_set(train, val_fraction, split_seed)
+    for name, part in (("training", train), ("validation", val)):
+        if len(part) == 0:
+            raise DataError(f"{source}: the {name} split has no images")
+    _check_labels(train, val, classes, str(source))
+    if train.image_shape != val.image_shape:
+        raise DataError(f"{source}: train images {train.image_shape} != val {val.image_shape}")
+    if image_size is not None and not train.lazy:
         train, val = _resize(train, image_size), _resize(val, image_size)
     # limits take a seeded random subset: files are often sorted by class
     generator = torch.Generator().manual_seed(split_seed)
@@ -414,168 +392,10 @@ def load_data(
         train = train.subset(torch.randperm(len(train), generator=generator)[:limit_train])
     if limit_val:
         val = val.subset(torch.randperm(len(val), generator=generator)[:limit_val])
+    if train.lazy and lazy is False:
+        train, val = train.load(), val.load()
     num_classes = int(max(train.y.max(), val.y.max())) + 1
-    if classes and len(classes) < num_classes:
-        raise DataError(
-            f"{source}: {len(classes)} class names but labels go up to {num_classes - 1}"
-        )
     classes = classes or [str(i) for i in range(num_classes)]
-    xf = train.x.float() / 255.0
-    mean = tuple(xf.mean(dim=(0, 2, 3)).tolist())
-    std = tuple(xf.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist())
+    mean, std = pixel_stats(train, STATS_IMAGES, split_seed)
     flip = fmt not in ("digits", "mnist")
     return DataBundle(fmt, train, val, num_classes, classes, mean, std, flip, str(source))
-
-
-# ----------------------------------------------------------------------------- augmentation
-
-
-def augment_batch(
-    x: Tensor, gen: torch.Generator, pad: int = 0, flip: bool = False, cutout: int = 0
-) -> Tensor:
-    """Random crop with zero padding, horizontal flip, cutout on a float batch (B, C, H, W).
-
-    Randomness comes from `gen` (CPU generator), so it is reproducible on any device.
-    """
-    B, _, H, W = x.shape
-    dev = x.device
-    if pad > 0:
-        xp = F.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (B,), generator=gen).to(dev)
-        ox = torch.randint(0, 2 * pad + 1, (B,), generator=gen).to(dev)
-        rows = (oy[:, None] + torch.arange(H, device=dev))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(W, device=dev))[:, None, None, :]
-        bidx = torch.arange(B, device=dev)[:, None, None, None]
-        cidx = torch.arange(x.shape[1], device=dev)[None, :, None, None]
-        x = xp[bidx, cidx, rows, cols]
-    if flip:
-        m = (torch.rand(B, generator=gen) < 0.5).to(dev)
-        x = torch.where(m[:, None, None, None], x.flip(-1), x)
-    if cutout > 0:
-        cy = torch.randint(0, H, (B,), generator=gen).to(dev)
-        cx = torch.randint(0, W, (B,), generator=gen).to(dev)
-        ys = torch.arange(H, device=dev)[None, :, None]
-        xs = torch.arange(W, device=dev)[None, None, :]
-        half = cutout // 2
-        inside = (
-            (ys >= cy[:, None, None] - half)
-            & (ys < cy[:, None, None] - half + cutout)
-            & (xs >= cx[:, None, None] - half)
-            & (xs < cx[:, None, None] - half + cutout)
-        )
-        x = x * (~inside)[:, None].to(x.dtype)
-    return x
-
-
-def _gen(*keys: int) -> torch.Generator:
-    """A CPU generator seeded by a hash of integer keys."""
-    h = 0x9E3779B97F4A7C15
-    for k in keys:
-        h = (h ^ (int(k) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return torch.Generator().manual_seed(h & 0x7FFFFFFFFFFFFFFF)
-
-
-class BatchLoader:
-    """Batches of one ImageSet: normalised float (B, C, H, W) on `device` and labels.
-
-    ``epoch_batches(epoch)`` is a pure function of ``(seed, stream, epoch)``; ``train=True``
-    shuffles and augments (crop padding ``pad``, ``flip``, ``cutout``), else the order is
-    fixed and nothing is random. With ``world > 1`` each rank takes a DistributedSampler-
-    style shard (training shards are padded to equal length; evaluation shards are not).
-    """
-
-    def __init__(
-        self,
-        data: ImageSet,
-        batch_size: int,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        train: bool = True,
-        seed: int = 0,
-        stream: int = 0,
-        pad: int = 0,
-        flip: bool = False,
-        cutout: int = 0,
-        drop_last: bool = False,
-        rank: int = 0,
-        world: int = 1,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if len(data) == 0:
-            raise DataError("the dataset split is empty")
-        self.data, self.batch_size, self.train = data, batch_size, train
-        self.seed, self.stream, self.pad, self.flip, self.cutout = seed, stream, pad, flip, cutout
-        self.drop_last, self.rank, self.world = drop_last, rank, world
-        self.device = torch.device(device)
-        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
-
-    def _indices(self, epoch: int) -> Tensor:
-        n = len(self.data)
-        if not self.train:
-            return torch.arange(n)[self.rank :: self.world]
-        idx = torch.randperm(n, generator=_gen(self.seed, self.stream, epoch, 17))
-        if self.world > 1:
-            total = -(-n // self.world) * self.world
-            idx = torch.cat([idx, idx[: total - n]]) if total > n else idx
-            idx = idx[self.rank :: self.world]
-        return idx
-
-    def __len__(self) -> int:
-        n = (
-            len(self._indices(0))
-            if self.train
-            else len(range(self.rank, len(self.data), self.world))
-        )
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def batch(self, epoch: int, i: int, indices: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        idx = self._indices(epoch) if indices is None else indices
-        sel = idx[i * self.batch_size : (i + 1) * self.batch_size]
-        x = self.data.x[sel].to(self.device, non_blocking=True).float().div_(255.0)
-        y = self.data.y[sel].to(self.device, non_blocking=True)
-        if self.train:
-            gen = _gen(self.seed, self.stream, epoch, i, self.rank, 29)
-            x = augment_batch(x, gen, self.pad, self.flip, 0)
-        x = (x - self.mean) / self.std
-        if self.train and self.cutout:
-            x = augment_batch(
-                x, _gen(self.seed, self.stream, epoch, i, self.rank, 31), cutout=self.cutout
-            )
-        return x, y
-
-    def epoch_batches(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        idx = self._indices(epoch)
-        for i in range(len(self)):
-            yield self.batch(epoch, i, idx)
-
-
-class BatchStream:
-    """An endless iterator over a BatchLoader that moves to the next data epoch when one
-    ends (the search's persistent iterators). Its position is ``state()``/``load_state()``."""
-
-    def __init__(self, loader: BatchLoader, epoch: int = 0, index: int = 0) -> None:
-        self.loader, self.epoch, self.index = loader, epoch, index
-        self._idx: Tensor | None = None
-        self._len = len(loader)
-
-    def __iter__(self) -> BatchStream:
-        return self
-
-    def __next__(self) -> tuple[Tensor, Tensor]:
-        if self.index >= self._len:
-            self.epoch, self.index, self._idx = self.epoch + 1, 0, None
-        if self._idx is None:
-            self._idx = self.loader._indices(self.epoch)
-        out = self.loader.batch(self.epoch, self.index, self._idx)
-        self.index += 1
-        return out
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def load_state(self, state: dict) -> None:
-        self.epoch, self.index, self._idx = int(state["epoch"]), int(state["index"]), None
