@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from das.models.memory import MEMORY_MODES, recompute
 from das.models.temporal import make_temporal
 
 __all__ = ["BasicBlock", "Bottleneck", "VideoResNet"]
@@ -128,6 +129,7 @@ class VideoResNet(nn.Module):
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
+        self.memory = "normal"  # "lean": blocks recomputed in the backward (das.models.memory)
         if len(layers) != len(widths):
             raise ValueError(f"layers {list(layers)} and widths {list(widths)} differ in length")
         if stem not in ("cifar", "imagenet"):
@@ -196,9 +198,20 @@ class VideoResNet(nn.Module):
         B, T = x.shape[:2]
         if self.fusion != "none" and T != self.frames:
             raise ValueError(f"this {self.fusion} model expects T={self.frames} frames, got {T}")
-        feats = self.stages(self.stem(x.reshape(B * T, *x.shape[2:])))
+        feats = self.stem(x.reshape(B * T, *x.shape[2:]))
+        for stage in self.stages:
+            feats = self.run_stage(stage, feats)
         logits = self.fc(torch.flatten(self.pool(feats), 1))
         return logits.view(B, T, -1).mean(1)
+
+    def run_stage(self, stage: nn.Sequential, x: Tensor) -> Tensor:
+        """One stage on folded frames; with ``memory="lean"`` each block is recomputed in the
+        backward instead of storing its activations."""
+        if self.memory not in MEMORY_MODES:
+            raise ValueError(f"memory must be one of {MEMORY_MODES}, got {self.memory!r}")
+        for block in stage:
+            x = recompute(block, x) if self.memory == "lean" else block(x)
+        return x
 
 
 def _temporal_modules(block: nn.Module) -> list[nn.Module]:

@@ -174,9 +174,9 @@ class SegmentationNetwork(nn.Module):
         if bb.fusion != "none" and T != bb.frames:
             raise ValueError(f"this {bb.fusion} model expects T={bb.frames} frames, got {T}")
         x = bb.stem(video.reshape(B * T, *video.shape[2:]))
-        x = bb.stages[1](bb.stages[0](x))
-        layer3 = bb.stages[2](x)
-        return layer3, bb.stages[3](layer3)
+        x = bb.run_stage(bb.stages[1], bb.run_stage(bb.stages[0], x))
+        layer3 = bb.run_stage(bb.stages[2], x)
+        return layer3, bb.run_stage(bb.stages[3], layer3)
 
     def _logits(self, head: nn.Module, feats: Tensor, B: int, size: tuple[int, int]) -> Tensor:
         logits = F.interpolate(head(feats), size, mode="bilinear", align_corners=False)
