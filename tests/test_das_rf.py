@@ -1,0 +1,137 @@
+"""Receptive fields (das.rf): Eq. 8, the paper's worked examples, effective fields, metrics."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from das.cell import DiscreteCell, Genotype, ReplicaCell
+from das.models import VideoNetwork, build_backbone
+from das.rf import (
+    bootstrap,
+    effective_rf,
+    js_divergence,
+    layer_specs,
+    reshaped_field,
+    rf_metrics,
+    temporal_modules_passed,
+    theoretical_rf,
+)
+from das_kernels import backends
+
+
+def _frames(*matrices) -> torch.Tensor:
+    return torch.tensor(matrices, dtype=torch.float64)
+
+
+def test_eq8_matches_the_known_resnet_fields():
+    assert theoretical_rf([(3, 1)]) == 3
+    assert theoretical_rf([(3, 1), (3, 2), (3, 1)]) == 9
+    imagenet = {"resnet18": 435, "resnet50": 427}
+    for arch, r0 in imagenet.items():
+        assert theoretical_rf(layer_specs(build_backbone(arch, 10, 3, stem="imagenet"))) == r0
+
+
+def test_worked_examples_of_the_paper():
+    # one 3x3 conv (r0 = 3), one GSF mixing three frames with steps 0, 1, 2
+    shift = _frames(*([[1, 0, s], [0, 1, s]] for s in range(3)))  # 1 px in x and y per step
+    assert reshaped_field(3, shift)[0] == pytest.approx(19)
+    zoom = _frames(*([[2**s, 0, 0], [0, 2**s, 0]] for s in range(3)))  # gamma = 2 per step
+    assert reshaped_field(3, zoom)[0] == pytest.approx(144)
+    assert reshaped_field(3, _frames([[1, 0, 0], [0, 1, 0]]))[0] == pytest.approx(9)
+
+
+def test_temporal_modules_are_counted():
+    assert temporal_modules_passed(build_backbone("resnet_tiny", 10, 3, 4, "gsf"), 2) == 2
+    assert temporal_modules_passed(build_backbone("resnet_tiny", 10, 3, 4, "none"), 4) == 0
+
+
+def test_one_conv_erf_is_the_kernel_footprint():
+    torch.manual_seed(0)
+    weight = torch.randn(1, 3, 3, 3).double()
+    weight[0, 0, 1, 1] = 100.0  # the unit is active: relu passes the gradient
+    images = torch.ones(2, 3, 9, 9, dtype=torch.float64)
+    maps = effective_rf(lambda x: F.conv2d(x, weight), images)
+    expected = torch.zeros(9, 9, dtype=torch.float64)
+    expected[3:6, 3:6] = weight[0].abs().sum(0)  # output (3, 3) of 7x7 sees input rows 3..5
+    torch.testing.assert_close(maps, expected.expand(2, 9, 9))
+
+
+def _stage_features(net: VideoNetwork, stage: int):
+    def features(x):
+        bb = net.backbone
+        video = net.video(x)
+        f = bb.stem(video.flatten(0, 1))
+        for s in list(bb.stages)[:stage]:
+            f = bb.run_stage(s, f)
+        return f
+
+    return features
+
+
+def test_replica_without_temporal_modules_equals_the_2d_baseline():
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet_tiny", 10, 3, frames=3, fusion="none").eval()
+    images = torch.randn(4, 3, 16, 16)
+    baseline = effective_rf(_stage_features(VideoNetwork(None, backbone), 2), images, 1)
+    replica_net = VideoNetwork(ReplicaCell(3), copy.deepcopy(backbone))
+    replica = effective_rf(_stage_features(replica_net, 2), images, 3)
+    torch.testing.assert_close(replica, baseline)
+
+
+def test_gradients_reach_the_image_through_fused_and_reference_ops():
+    torch.manual_seed(0)
+    genotype = Genotype(("translate_x", "rotate", "scale"), nodes=2, frames=3)
+    net = VideoNetwork(
+        DiscreteCell(genotype), build_backbone("resnet_tiny", 10, 3, frames=3, fusion="gsf")
+    ).eval()
+    images = torch.randn(2, 3, 16, 16)
+    maps = {}
+    for backend in ("reference", "cpp"):
+        with backends.use(backend):
+            maps[backend] = effective_rf(_stage_features(net, 3), images, 3)
+    assert bool(maps["cpp"].sum() > 0)
+    torch.testing.assert_close(maps["cpp"], maps["reference"], rtol=1e-4, atol=1e-6)
+
+
+def test_metrics_on_synthetic_maps():
+    size, c = 81, 40.0
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
+        indexing="ij",
+    )  # fmt: skip
+    a = math.radians(30)
+    u = (xx - c) * math.cos(a) + (yy - c) * math.sin(a)
+    v = -(xx - c) * math.sin(a) + (yy - c) * math.cos(a)
+    elongated = torch.exp(-(u**2) / (2 * 6.0**2) - v**2 / (2 * 3.0**2))
+    m = rf_metrics(elongated)
+    assert m["axis_major"] == pytest.approx(6.0, rel=1e-3)
+    assert m["axis_minor"] == pytest.approx(3.0, rel=1e-3)
+    assert m["anisotropy"] == pytest.approx(2.0, rel=1e-3)
+    assert m["orientation_deg"] == pytest.approx(30.0, abs=0.1)
+    assert abs(m["centroid_dx"]) < 1e-9 and abs(m["centroid_dy"]) < 1e-9
+    round_map = torch.exp(-((xx - c) ** 2 + (yy - c) ** 2) / (2 * 4.0**2))
+    r = rf_metrics(round_map)
+    # a 2-D Gaussian holds mass q within sigma * sqrt(-2 ln(1 - q))
+    for q in (0.2, 0.5, 0.9):
+        assert r[f"r{int(q * 100)}"] == pytest.approx(
+            4.0 * math.sqrt(-2 * math.log(1 - q)), abs=0.6
+        )
+    # above e^-2 of the maximum: the disc of radius 2 sigma
+    assert r["area_e2"] == pytest.approx(math.pi * 8.0**2, rel=0.05)
+    shifted = torch.roll(round_map, 5, dims=1)
+    assert rf_metrics(shifted)["centroid_dx"] == pytest.approx(5.0, abs=1e-6)
+    assert js_divergence(round_map, round_map) == pytest.approx(0.0, abs=1e-12)
+    assert 0 < js_divergence(round_map, elongated) < 1
+
+
+def test_bootstrap_interval_contains_the_value():
+    torch.manual_seed(0)
+    maps = torch.rand(16, 9, 9)
+    out = bootstrap(maps, rf_metrics, samples=50)
+    for value, lo, hi in out.values():
+        assert lo <= hi and (lo <= value <= hi or math.isinf(value))
