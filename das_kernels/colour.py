@@ -18,6 +18,13 @@ Conventions:
   each per image and channel. Equalize and posterize are piecewise constant, so they pass no
   gradient to ``x`` through ``op(x)``. Equalize leaves channels whose Pillow LUT is the identity
   equal to ``x``.
+* DRA's extra ops (``DRA_EXTRA_OPS``, not in the 13-op space): ``invert`` blends towards
+  ``ImageOps.invert`` (``1 - x``) like the fixed-strength ops; ``solarize_add`` is
+  AutoAugment's (``x + a`` where ``x < 128/255``, clipped to 1; ``a`` the addition in [0, 1]
+  pixel units, so ``a = 110/255`` is Pillow's ``addition=110``); ``cutout`` fills a square of
+  side ``round(|a| * min(H, W))`` pixels with grey ``0.5`` (128/255 in Pillow), centred at a
+  pixel drawn per image from ``generator`` (the image centre without one), clipped at the
+  border. Cutout passes no gradient to ``a``.
 * float32/float64 are computed in place; other floating dtypes in float32 and cast back.
 """
 
@@ -32,6 +39,7 @@ from torch import Tensor
 __all__ = [
     "COLOUR_OPS",
     "DEFAULT_COLOUR_MAGNITUDE",
+    "DRA_EXTRA_OPS",
     "ENHANCE_OPS",
     "colour_transform",
 ]
@@ -47,6 +55,8 @@ COLOUR_OPS: tuple[str, ...] = (
     "sharpness",
 )
 ENHANCE_OPS: tuple[str, ...] = ("contrast", "color", "brightness", "sharpness")
+DRA_EXTRA_OPS: tuple[str, ...] = ("invert", "solarize_add", "cutout")
+CUTOUT_FILL = 128 / 255
 DEFAULT_COLOUR_MAGNITUDE: dict[str, float] = {
     op: 0.1 if op in ENHANCE_OPS else 0.25 for op in COLOUR_OPS
 }  # amount per frame step: factor 1 +- 0.1 for enhance ops, blend weight 0.25 otherwise
@@ -122,7 +132,33 @@ def _posterize(x: Tensor) -> Tensor:
     return (_quantise(x) & 0xF0).to(x.dtype) / 255
 
 
+def _invert(x: Tensor) -> Tensor:
+    return 1 - x
+
+
+def _solarize_add(x: Tensor, a: Tensor) -> Tensor:
+    return torch.where(x < 0.5, (x + a).clamp(max=1), x)
+
+
+def _cutout(x: Tensor, a: Tensor, generator: torch.Generator | None) -> Tensor:
+    n, _, h, w = x.shape
+    side = torch.round(a.detach().abs().reshape(-1).expand(n) * min(h, w)).long()
+    if generator is None:
+        cy, cx = torch.full((n,), h // 2), torch.full((n,), w // 2)
+    else:
+        cy = torch.randint(0, h, (n,), generator=generator)
+        cx = torch.randint(0, w, (n,), generator=generator)
+    y0, x0 = (cy - side // 2).clamp(min=0), (cx - side // 2).clamp(min=0)
+    y1, x1 = (y0 + side).clamp(max=h), (x0 + side).clamp(max=w)
+    rows, cols = torch.arange(h)[None, :], torch.arange(w)[None, :]
+    inside_y = (rows >= y0[:, None]) & (rows < y1[:, None])
+    inside_x = (cols >= x0[:, None]) & (cols < x1[:, None])
+    box = (inside_y[:, :, None] & inside_x[:, None, :])[:, None].to(x.device)
+    return torch.where(box, torch.full_like(x, CUTOUT_FILL), x)
+
+
 _FIXED = {
+    "invert": _invert,
     "auto_contrast": _auto_contrast,
     "equalize": _equalize,
     "solarize": _solarize,
@@ -131,8 +167,9 @@ _FIXED = {
 
 
 def _check(op: str, x: Tensor, amount: Tensor | float) -> None:
-    if op not in COLOUR_OPS:
-        raise ValueError(f"unknown colour op {op!r}; valid ops: {', '.join(COLOUR_OPS)}")
+    if op not in COLOUR_OPS + DRA_EXTRA_OPS:
+        names = ", ".join(COLOUR_OPS + DRA_EXTRA_OPS)
+        raise ValueError(f"unknown colour op {op!r}; valid ops: {names}")
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
@@ -157,11 +194,14 @@ def _check(op: str, x: Tensor, amount: Tensor | float) -> None:
         raise TypeError(f"amount must be a real number or a tensor, got {type(amount).__name__}")
 
 
-def colour_transform(op: str, x: Tensor, amount: Tensor | float) -> Tensor:
+def colour_transform(
+    op: str, x: Tensor, amount: Tensor | float, generator: torch.Generator | None = None
+) -> Tensor:
     """Apply colour op ``op`` with signed per-image amount ``a`` to images ``x``.
 
     ``x``: ``(N, C, H, W)`` floating images with pixel values in ``[0, 1]``, ``C`` = 1 or 3.
     ``amount``: a float or an ``(N,)`` tensor (a 0-d tensor broadcasts), differentiable.
+    ``generator``: where ``cutout`` draws its centres (CPU generator).
     Returns ``(N, C, H, W)`` with ``x``'s dtype and device; equal to ``x`` where ``a = 0``.
     """
     _check(op, x, amount)
@@ -174,6 +214,10 @@ def colour_transform(op: str, x: Tensor, amount: Tensor | float) -> Tensor:
     a = a.reshape(-1, 1, 1, 1) if a.dim() == 1 else a
     if op in ENHANCE_OPS:
         out = (xc + a * (xc - _degenerate(op, xc))).clamp(0, 1)
+    elif op == "solarize_add":
+        out = _solarize_add(xc, a)
+    elif op == "cutout":
+        out = _cutout(xc, a, generator)
     else:
         mag = a.abs()
         alpha = torch.where(mag < 1, mag, torch.ones_like(mag))

@@ -201,3 +201,57 @@ def test_numpy_amounts_are_numbers():
     for amount in (np.float32(0.25), np.int64(1)):
         expected = C.colour_transform("contrast", x, float(amount))
         torch.testing.assert_close(C.colour_transform("contrast", x, amount), expected)
+
+
+# --- DRA's extra ops: invert, solarize_add, cutout ---------------------------------------------
+
+
+def _pillow_each(u: np.ndarray, fn) -> torch.Tensor:
+    return to_tensor(np.stack([np.asarray(fn(Image.fromarray(im))) for im in u]))
+
+
+@pytest.mark.parametrize("kind", ["rgb", "gray", "odd"])
+def test_extra_ops_match_pillow(kind):
+    from PIL import ImageDraw
+
+    u = uint8_images(kind)
+    x = to_tensor(u)
+    invert = _pillow_each(u, ImageOps.invert)
+    torch.testing.assert_close(C.colour_transform("invert", x, 1.0), invert, atol=1e-12, rtol=0)
+    lut = [min(255, i + 110) if i < 128 else i for i in range(256)]
+    added = _pillow_each(u, lambda im: im.point(lut * len(im.getbands())))
+    out = C.colour_transform("solarize_add", x, 110 / 255)
+    torch.testing.assert_close(out, added, atol=1e-9, rtol=0)
+    h, w = u.shape[1:3]
+    side = round(0.4 * min(h, w))
+
+    def cut(im: Image.Image) -> Image.Image:
+        im = im.copy()
+        y0, x0 = max(h // 2 - side // 2, 0), max(w // 2 - side // 2, 0)
+        fill = 128 if im.mode == "L" else (128, 128, 128)
+        ImageDraw.Draw(im).rectangle((x0, y0, x0 + side - 1, y0 + side - 1), fill=fill)
+        return im
+
+    torch.testing.assert_close(C.colour_transform("cutout", x, 0.4), _pillow_each(u, cut))
+
+
+@pytest.mark.parametrize("op", C.DRA_EXTRA_OPS)
+def test_extra_ops_identity_at_zero_and_gradients(op):
+    x = to_tensor(uint8_images("odd"))
+    assert torch.equal(C.colour_transform(op, x, 0.0), x)
+    xg = x.clone().requires_grad_()
+    a = torch.tensor([0.3, 0.6], dtype=D64, requires_grad=op != "cutout")
+    C.colour_transform(op, xg, a).sum().backward()
+    assert xg.grad is not None and bool(xg.grad.abs().sum() > 0)
+    if op != "cutout":
+        assert a.grad is not None and bool(a.grad.abs().sum() > 0)
+
+
+def test_cutout_centres_follow_the_generator():
+    x = torch.rand(4, 3, 16, 16, dtype=D64)
+    draws = [C.colour_transform("cutout", x, 0.25, torch.Generator().manual_seed(5)) for _ in "ab"]
+    assert torch.equal(draws[0], draws[1])
+    filled = (draws[0] == 128 / 255).all(1).flatten(1).sum(1)
+    assert bool((filled <= 16).all()) and bool((filled > 0).all())  # 4x4, clipped at borders
+    other = C.colour_transform("cutout", x, 0.25, torch.Generator().manual_seed(6))
+    assert not torch.equal(draws[0], other)
