@@ -225,7 +225,10 @@ class RunConfig:
         if command not in COMMAND_SECTIONS:
             what = "missing field 'command'" if command is None else f"unknown command {command!r}"
             unknown = [k for k in d if k != "command" and k not in _SECTIONS]
-            raise ConfigError(f"{where}: {what}{_unknown(unknown)} (not a das RunConfig)")
+            raise ConfigError(
+                f"{where}: {what}{_unknown(unknown)} (not a RunConfig: written by an older das, "
+                "or not by das)"
+            )
         wanted = COMMAND_SECTIONS[command]
         problems = [f"unknown field {k!r}" for k in d if k != "command" and k not in _SECTIONS]
         problems += [
