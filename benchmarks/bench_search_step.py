@@ -4,11 +4,12 @@
     python benchmarks/bench_search_step.py --device cuda --amp
     python benchmarks/bench_search_step.py --quick          # tiny config (resnet_tiny, 16x16)
 
-One step is what ``das.search.Searcher.train_epoch`` does per step (first order by default):
-``searcher.arch_step(xt, yt, xv, yv)`` (Adam on tau) then ``das.engine.weight_step`` (SGD
-on the backbone), on batches from the searcher's own weight and arch streams (bundled digits
+One step is ``das.search.Searcher.step``, the step the search loop runs (first order by
+default): the arch step (Adam on tau) then ``das.engine.weight_step`` (SGD on the
+backbone), on batches from the searcher's own weight and arch streams (bundled digits
 resized to ``--image-size``; batch creation is not timed, as in the search). The searcher is
-built by the real CLI (``das.search.build_parser``) and run under
+built from the real CLI's configuration (``das.cli.parse_config("search", ...)``) and run
+under
 ``das.runtime.ops_backend("fused" | "reference")``, a searcher per backend with the same
 seed; after ``--warmup`` steps each, the ``--steps`` timed steps alternate between the
 backends (timed one backend after the other, the CPU ratio read 0.93x with fused first and
@@ -32,7 +33,6 @@ import gc
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as H  # noqa: E402
 
 from das import cli, search  # noqa: E402
-from das.engine import cosine_lr, set_lr, weight_step  # noqa: E402
-from das.runtime import DistEnv, ops_backend, resolve_device  # noqa: E402
+from das.runtime import DistEnv, backend_name, ops_backend, resolve_device  # noqa: E402
 
 BACKENDS = ("fused", "reference")
 FULL = dict(arch="resnet18", batch_size=32, frames=8, image_size=32)
@@ -62,29 +61,16 @@ def search_argv(
 
 def make_searcher(argv: list[str], backend: str, out: str) -> search.Searcher:
     """A Searcher as ``python -m das.search ARGV --ops-backend BACKEND`` builds it."""
-    parser = search.build_parser()
-    args = parser.parse_args([*argv, "--ops-backend", backend, "--out", out])
-    cli.check_common(parser, args)
-    cfg = search._config(args)
-    env = DistEnv(device=resolve_device(cfg["device"]))
+    cfg = cli.parse_config("search", [*argv, "--ops-backend", backend, "--out", out])
+    env = DistEnv(device=resolve_device(cfg.runtime.device))
     with ops_backend(backend):
         return search.Searcher(cfg, env)
 
 
 def search_step(s: search.Searcher, step: int) -> tuple[float, float, float, float]:
-    """One step exactly as ``Searcher.train_epoch``: (arch s, weight s, arch loss, w loss)."""
-    cfg = s.cfg
-    set_lr(s.w_opt, cosine_lr(step, s.total_steps, cfg["w_lr"], cfg["w_lr_min"]))
-    xt, yt = next(s.w_stream)
-    xv, yv = next(s.a_stream)
-    s._sync()
-    t0 = time.perf_counter()
-    a_loss, _ = s.arch_step(xt, yt, xv, yv)
-    s._sync()
-    t1 = time.perf_counter()
-    w_loss, _ = weight_step(s.cell, s.ddp_backbone, s.w_opt, xt, yt, cfg["grad_clip"], cfg["amp"])
-    s._sync()
-    return t1 - t0, time.perf_counter() - t1, a_loss, w_loss
+    """``Searcher.step``, as the search loop runs it: (arch s, weight s, arch loss, w loss)."""
+    st = s.step(step)
+    return st.sec_arch, st.sec_weight, st.arch_loss, st.weight_loss
 
 
 def op_shares(s: search.Searcher, backend: str, step: int) -> dict[str, float]:
@@ -134,7 +120,7 @@ def measure(
             b: op_shares(s, b, warmup + steps) if profile else {} for b, s in searchers.items()
         }
         cuda = next(iter(searchers.values())).dev.type == "cuda"
-        names = {b: search._backend_name(s.dev, b) for b, s in searchers.items()}
+        names = {b: backend_name(s.dev, b) for b, s in searchers.items()}
         del searchers
     gc.collect()
     if cuda:

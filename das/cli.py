@@ -1,6 +1,9 @@
-"""Argument groups and checks shared by ``das.search``, ``das.train`` and ``das.evaluate``.
-
-Bad input is reported by argparse (exit status 2) with a message naming the option.
+"""The command line of ``das.search``, ``das.train`` and ``das.evaluate``: every option, its
+default and help, in one place. :func:`parse_config` parses and validates a command line
+into its typed configuration (:mod:`das.config`); bad input exits with status 2 and a
+message naming the option (argparse's own errors and :class:`das.config.ConfigError`).
+:func:`run_cli` also turns errors found while running (unreadable data, a checkpoint that
+cannot be resumed) into that exit.
 """
 
 from __future__ import annotations
@@ -9,22 +12,19 @@ import argparse
 import os
 from collections.abc import Callable
 
-import torch
-
-from das.cell import SEARCH_SPACES, resolve_ops
-from das.data import FORMATS, DataError, detect_format
-from das.models import ARCHS, FUSIONS, fusion_unavailable_reason
+from das.cell import SEARCH_SPACES
+from das.config import ConfigError, EvalConfig, RunConfig, check, check_eval
+from das.data import FORMATS, DataError
+from das.models import ARCHS, FUSIONS
+from das.variants import VARIANTS
 
 __all__ = [
     "HelpFormatter",
-    "add_data_args",
-    "add_model_args",
-    "add_runtime_args",
-    "check_common",
-    "nonneg_float",
-    "nonneg_int",
-    "positive_float",
-    "positive_int",
+    "build_parser",
+    "is_main_process",
+    "parse_config",
+    "parse_eval_config",
+    "run_cli",
 ]
 
 
@@ -122,7 +122,11 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_model_args(p: argparse.ArgumentParser, fusion_default: str = "gsf") -> None:
+def add_model_args(
+    p: argparse.ArgumentParser,
+    frames_default: int | None = 4,
+    frames_help: str = "T, frames of the video made from each image (default 4)",
+) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
         "--arch",
@@ -139,8 +143,8 @@ def add_model_args(p: argparse.ArgumentParser, fusion_default: str = "gsf") -> N
     g.add_argument(
         "--fusion",
         choices=FUSIONS,
-        default=fusion_default,
-        help=f"temporal module in every block (default {fusion_default})",
+        default="gsf",
+        help="temporal module in every block (default gsf)",
     )
     g.add_argument(
         "--gsf-ratio",
@@ -151,8 +155,8 @@ def add_model_args(p: argparse.ArgumentParser, fusion_default: str = "gsf") -> N
     g.add_argument(
         "--frames",
         type=positive_int,
-        default=4,
-        help="T, frames of the video made from each image (default 4)",
+        default=frames_default,
+        help=frames_help,
     )
     g.add_argument(
         "--step-mode",
@@ -163,11 +167,7 @@ def add_model_args(p: argparse.ArgumentParser, fusion_default: str = "gsf") -> N
     )
 
 
-# options of add_runtime_args that a resumed run takes from its command line, not its checkpoint
-RUNTIME_KEYS = ("out", "device", "no_progress", "threads", "ops_backend", "resume")
-
-
-def add_runtime_args(p: argparse.ArgumentParser, out_default: str) -> None:
+def add_runtime_args(p: argparse.ArgumentParser, out_default: str, resume_help: str) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--out", default=out_default, help=f"output directory (default {out_default})")
     g.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
@@ -200,30 +200,261 @@ def add_runtime_args(p: argparse.ArgumentParser, out_default: str) -> None:
         "bit for bit and --resume equals an uninterrupted run; slower (CPU: always)",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--resume", action="store_true", help=resume_help)
 
 
-def check_common(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Checks that need more than one option or the file system; argparse errors (exit 2)."""
-    if getattr(args, "amp", False):
-        want = args.device
-        if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
-            p.error("--amp needs CUDA (bfloat16 autocast); drop --amp or use --device cuda")
-    if getattr(args, "device", "auto") == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: CUDA is not available on this machine")
-    if hasattr(args, "data"):
-        try:
-            if args.data_format == "auto":
-                detect_format(args.data)
-            elif args.data_format != "digits" and not os.path.exists(os.path.expanduser(args.data)):
-                raise DataError(f"data path not found: {args.data}")
-        except DataError as exc:
-            p.error(f"--data: {exc}")
-    if hasattr(args, "fusion"):
-        reason = fusion_unavailable_reason(args.fusion)
-        if reason is not None:
-            p.error(f"--fusion {args.fusion}: {reason}")
-    if hasattr(args, "ops") and args.ops is not None:
-        try:
-            resolve_ops(args.ops)
-        except ValueError as exc:
-            p.error(f"--ops: {exc} (search spaces: {', '.join(SEARCH_SPACES)})")
+def _search_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m das.search",
+        description="Differentiable Augmentation Search: learn the image->video cell (bi-level "
+        "DARTS), then pick one op per edge by perturbation. Defaults search on the bundled "
+        "digits in a few minutes on 2 CPU cores.",
+        formatter_class=HelpFormatter,
+    )
+    add_data_args(p)
+    add_model_args(p)
+    g = p.add_argument_group("cell")
+    g.add_argument(
+        "--nodes",
+        type=positive_int,
+        default=4,
+        help="intermediate nodes of the cell (edges = nodes*(nodes+1)/2)",
+    )
+    g.add_argument(
+        "--ops",
+        default="affine5",
+        help=f"search space ({', '.join(SEARCH_SPACES)}) or a comma list of ops (affine or colour)",
+    )
+    g.add_argument(
+        "--learn-magnitudes",
+        action="store_true",
+        help="also learn each op's magnitude per edge (with tau)",
+    )
+    g = p.add_argument_group("search")
+    g.add_argument("--epochs", type=positive_int, default=8, help="search epochs")
+    g.add_argument(
+        "--steps-per-epoch",
+        type=positive_int,
+        default=None,
+        help="steps per epoch (default: one pass over the weight half)",
+    )
+    g.add_argument("--batch-size", type=positive_int, default=64, help="batch size per process")
+    g.add_argument(
+        "--order",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="DARTS approximation: 1 = first order, 2 = unrolled (finite differences)",
+    )
+    g.add_argument(
+        "--warmup-epochs",
+        type=nonneg_int,
+        default=0,
+        help="epochs of weight-only training before arch updates start",
+    )
+    g.add_argument("--w-lr", type=positive_float, default=0.025, help="SGD learning rate (cosine)")
+    g.add_argument("--w-lr-min", type=nonneg_float, default=0.001, help="final SGD learning rate")
+    g.add_argument("--w-momentum", type=nonneg_float, default=0.9, help="SGD momentum")
+    g.add_argument("--w-wd", type=nonneg_float, default=3e-4, help="SGD weight decay")
+    g.add_argument(
+        "--grad-clip", type=nonneg_float, default=5.0, help="weight grad-norm clip (0 = off)"
+    )
+    g.add_argument("--a-lr", type=positive_float, default=3e-4, help="Adam learning rate (arch)")
+    g.add_argument("--a-beta1", type=nonneg_float, default=0.5, help="Adam beta1 (arch)")
+    g.add_argument("--a-beta2", type=nonneg_float, default=0.999, help="Adam beta2 (arch)")
+    g.add_argument("--a-wd", type=nonneg_float, default=1e-3, help="Adam weight decay (arch)")
+    g.add_argument(
+        "--eval-every",
+        type=nonneg_int,
+        default=1,
+        help="evaluate the supernet on the arch half every N epochs (0 = only at the end)",
+    )
+    g.add_argument(
+        "--eval-images",
+        type=nonneg_int,
+        default=256,
+        help="images of the arch half (a fixed seeded subset) used for the per-epoch "
+        "supernet accuracy and for selection; 0 = all",
+    )
+    g = p.add_argument_group("selection")
+    g.add_argument(
+        "--select",
+        choices=("perturbation", "argmax"),
+        default="perturbation",
+        help="how to discretise: perturbation (DARTS-PT) or argmax of tau",
+    )
+    g.add_argument(
+        "--select-order",
+        choices=("random", "sequential"),
+        default="random",
+        help="order in which edges are discretised",
+    )
+    g.add_argument(
+        "--finetune-epochs",
+        type=nonneg_float,
+        default=0.0,
+        help="epochs of weight fine-tuning after each selected edge",
+    )
+    g.add_argument(
+        "--finetune-lr",
+        type=positive_float,
+        default=0.01,
+        help="SGD learning rate while fine-tuning",
+    )
+    add_runtime_args(
+        p,
+        "runs/search",
+        "continue from OUT/checkpoint.pt with its configuration (same result "
+        "as an uninterrupted run)",
+    )
+    return p
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m das.train",
+        description="Train a network from scratch with a DAS genotype (or an ablation variant); "
+        "--ablation trains all variants and writes a comparison table.",
+        formatter_class=HelpFormatter,
+    )
+    add_data_args(p)
+    add_model_args(p, None, "T for the replica variant (default: the genotype's T, else 4)")
+    g = p.add_argument_group("variant")
+    g.add_argument(
+        "--genotype",
+        default=None,
+        help="genotype.json from das.search, or 'random' (a seeded random genotype); "
+        "needed by the das, augment and shuffle variants",
+    )
+    g.add_argument("--variant", choices=VARIANTS, default="das", help="what to train")
+    g.add_argument(
+        "--ablation",
+        action="store_true",
+        help="train every variant of --variants and write ablation.md/json",
+    )
+    g.add_argument(
+        "--variants", default=",".join(VARIANTS), help="comma list of variants for --ablation"
+    )
+    g.add_argument(
+        "--fusions",
+        default=None,
+        help="comma list of fusions for the video variants in --ablation (default: --fusion)",
+    )
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="comma list of seeds for --ablation: every variant is trained once per seed "
+        "(into OUT/<variant>/seed<S>) and the table gives mean +- sd and DAS's paired "
+        "differences (default: --seed alone, into OUT/<variant>)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="--ablation runs trained at once, each in its own process (e.g. several small "
+        "runs sharing one GPU; CPU threads are split between them unless --threads is given)",
+    )
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=positive_int, default=15, help="training epochs")
+    g.add_argument(
+        "--max-steps",
+        type=positive_int,
+        default=None,
+        help="stop after this many optimiser steps (budget; the cosine schedule "
+        "spans min(epochs x steps/epoch, max-steps))",
+    )
+    g.add_argument("--batch-size", type=positive_int, default=64, help="batch size per process")
+    g.add_argument("--lr", type=positive_float, default=0.05, help="SGD learning rate (cosine)")
+    g.add_argument("--lr-min", type=nonneg_float, default=0.0, help="final learning rate")
+    g.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD (Nesterov) momentum")
+    g.add_argument("--wd", type=nonneg_float, default=5e-4, help="weight decay")
+    g.add_argument("--grad-clip", type=nonneg_float, default=5.0, help="grad-norm clip (0 = off)")
+    g.add_argument(
+        "--eval-every",
+        type=nonneg_int,
+        default=1,
+        help="evaluate on the val split every N epochs (0 = only at the end)",
+    )
+    add_runtime_args(
+        p, "runs/train", "continue from OUT/checkpoint.pt (per variant with --ablation)"
+    )
+    p.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="only evaluate a trained checkpoint (--checkpoint, default OUT/checkpoint.pt)",
+    )
+    p.add_argument("--checkpoint", default=None, help="checkpoint for --eval-only")
+    return p
+
+
+def _evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m das.evaluate",
+        description="Evaluate a das.train checkpoint on its validation split.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("checkpoint", help="checkpoint.pt written by das.train")
+    p.add_argument("--data", default=None, help="override the dataset path of the checkpoint")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch")
+    p.add_argument(
+        "--ops-backend",
+        choices=("fused", "reference"),
+        default="fused",
+        help="das_kernels ops backend",
+    )
+    return p
+
+
+_PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
+    "search": _search_parser,
+    "train": _train_parser,
+    "evaluate": _evaluate_parser,
+}
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    """The argparse parser of ``python -m das.<command>`` (search, train or evaluate)."""
+    return _PARSERS[command]()
+
+
+def parse_config(command: str, argv: list[str] | None = None) -> RunConfig:
+    """The validated configuration of ``python -m das.<command> ARGV``, command search or
+    train (bad input: exit status 2, the message naming the option)."""
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    try:
+        cfg = RunConfig.from_namespace(command, args)
+        check(cfg)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return cfg
+
+
+def parse_eval_config(argv: list[str] | None = None) -> EvalConfig:
+    """The validated configuration of ``python -m das.evaluate ARGV``."""
+    parser = build_parser("evaluate")
+    cfg = EvalConfig(**vars(parser.parse_args(argv)))
+    try:
+        check_eval(cfg)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return cfg
+
+
+def run_cli(command: str, argv: list[str] | None, run: Callable[..., int]) -> int:
+    """``run(config)`` of the parsed command line; DataError (``--data: ...``) and
+    ConfigError raised while running exit with status 2 as well."""
+    cfg = parse_eval_config(argv) if command == "evaluate" else parse_config(command, argv)
+    try:
+        return run(cfg)
+    except DataError as exc:
+        build_parser(command).error(f"--data: {exc}")
+    except ConfigError as exc:
+        build_parser(command).error(str(exc))
+    raise AssertionError("unreachable")  # parser.error exits
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun run (or a single process): the one that prints."""
+    return int(os.environ.get("RANK", "0")) == 0

@@ -1,4 +1,6 @@
-"""Logs, plots (matplotlib Agg) and Markdown reports for search, train and ablations."""
+"""Logs, plots (matplotlib Agg) and Markdown reports for search, train and ablations:
+everything a run writes for people to read. :func:`write_search_report` writes a finished
+search's outputs, :func:`write_ablation_report` the ablation tables."""
 
 from __future__ import annotations
 
@@ -7,9 +9,15 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from das.runtime import atomic_write_text
+from das.cell import Genotype, genotype_video
+from das.config import RunConfig
+from das.runtime import atomic_write_text, backend_name
+from das_kernels.affine import frame_steps
+
+if TYPE_CHECKING:  # a Searcher is handed in, never built here
+    from das.search import Searcher
 
 __all__ = [
     "markdown_table",
@@ -17,7 +25,9 @@ __all__ = [
     "plot_selection",
     "plot_tau",
     "plot_video",
+    "write_ablation_report",
     "write_log",
+    "write_search_report",
 ]
 
 
@@ -156,3 +166,228 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- search
+
+
+def write_search_report(searcher: Searcher, result: dict[str, Any]) -> None:
+    """A finished search's outputs in its ``out``: genotype.json, selection.json, the plots
+    (tau, curves, selection, the genotype's video) and report.md."""
+    out, cfg = searcher.out, searcher.cfg
+    assert cfg.search is not None and cfg.cell is not None
+    genotype: Genotype = result["genotype"]
+    genotype.save(out / "genotype.json")
+    atomic_write_text(json.dumps(result["records"], indent=1) + "\n", out / "selection.json")
+    plot_tau(searcher.log, searcher.cell.edges, out / "tau.png")
+    plot_curves(searcher.log, out / "curves.png", ("train", "arch", "val"))
+    if result["records"]:
+        plot_selection(result["records"], out / "selection.png")
+    images = searcher.bundle.val.x[:4].float() / 255
+    aspect = images.shape[-1] / images.shape[-2]
+    video = genotype_video(genotype, images, searcher.bundle.mean, searcher.bundle.std, aspect)
+    steps = [int(s) for s in frame_steps(genotype.frames, genotype.mode)]
+    plot_video(images, video, out / "video.png", steps)
+    rows = [r for r in searcher.log if r["epoch"] > 0]
+    steps = [r["sec_per_step"] for r in rows]
+    lines = [
+        "# DAS search report",
+        "",
+        f"- data: {searcher.bundle.describe()} (weights half {len(searcher.w_loader.data)}, "
+        f"arch half {len(searcher.a_loader.data)})",
+        f"- model: {cfg.model.arch} fusion={cfg.model.fusion} frames={cfg.model.frames} "
+        f"nodes={cfg.cell.nodes} ops={list(searcher.cell.ops)}",
+        f"- search: {cfg.search.epochs} epochs x {searcher.steps_per_epoch} steps, "
+        f"order {cfg.search.order}, "
+        f"batch {cfg.search.batch_size} x {searcher.env.world} process(es), device {searcher.dev}, "
+        f"ops backend {cfg.runtime.ops_backend}" + (" (amp)" if cfg.runtime.amp else ""),
+        f"- das_kernels backend on {searcher.dev.type}: "
+        f"{backend_name(searcher.dev, cfg.runtime.ops_backend)}",
+        f"- time: search {searcher.seconds['search']:.1f} s, "
+        f"selection {searcher.seconds['select']:.1f} s; "
+        f"mean {sum(steps) / max(len(steps), 1):.4f} s per search step "
+        f"(arch {_mean(rows, 'sec_arch_step'):.4f} + "
+        f"weights {_mean(rows, 'sec_weight_step'):.4f})",
+        f"- supernet after selection: val acc {result['final_val_acc']:.4f} "
+        f"({len(searcher.eval_loader.data)} images of the arch half)",
+        "",
+        "## Genotype",
+        "",
+        markdown_table(
+            ["edge", "from", "to", "op", "magnitude"],
+            [
+                [e, i, j, op, m]
+                for e, ((i, j), op, m) in enumerate(
+                    zip(genotype.edges, genotype.ops, genotype.magnitudes)
+                )
+            ],
+        ),
+        "",
+        "What the genotype's cell makes of four validation images (pixel units):",
+        "",
+        "![video](video.png)",
+        "",
+        "## Per-epoch log",
+        "",
+        markdown_table(
+            ["epoch", "train loss", "train acc", "arch loss", "arch acc", "val acc", "s/step"],
+            [
+                [
+                    r["epoch"],
+                    r["train_loss"],
+                    r["train_acc"],
+                    r["arch_loss"],
+                    r["arch_acc"],
+                    r.get("val_acc", float("nan")),
+                    r["sec_per_step"],
+                ]
+                for r in rows
+            ],
+        ),
+        "",
+        "![curves](curves.png)",
+        "",
+        "## Architecture weights (softmax of tau) per edge",
+        "",
+        "![tau](tau.png)",
+        "",
+    ]
+    if result["records"]:
+        ops = list(searcher.cell.ops)
+        lines += [
+            "## Perturbation selection",
+            "",
+            f"Accuracy drop ({len(searcher.eval_loader.data)} images of the arch half) when each "
+            "op of an edge is masked; the op whose removal hurts most is kept (ties: the "
+            "larger loss increase). Edges in selection order.",
+            "",
+            markdown_table(
+                ["edge", "from->to", "base acc", *[f"drop {o}" for o in ops], "kept"],
+                [
+                    [
+                        r["edge"],
+                        f"{r['src']}->{r['dst']}",
+                        r["base_acc"],
+                        *[r["drop"][o] for o in ops],
+                        r["chosen"],
+                    ]
+                    for r in result["records"]
+                ],
+            ),
+            "",
+            "![selection](selection.png)",
+            "",
+        ]
+    atomic_write_text("\n".join(lines), out / "report.md")
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+    vals = [r[key] for r in rows if key in r]
+    return sum(vals) / max(len(vals), 1)
+
+
+# ----------------------------------------------------------------------------- ablation
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for one value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def _pm(values: list[float]) -> str:
+    mean, sd = _mean_sd(values)
+    return f"{mean:.2f}" if sd is None else f"{mean:.2f} ± {sd:.2f}"
+
+
+def _groups(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Results by (variant, fusion), in first-seen order."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["variant"], r["fusion"]), []).append(r)
+    return groups
+
+
+def _paired_differences(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> list[list[str]]:
+    """Rows (das fusion, other variant, other fusion, seeds, das - other in val acc points,
+    wins) over the seeds both have."""
+    rows = []
+    for (variant, fusion), das_runs in groups.items():
+        if variant != "das":
+            continue
+        das_acc = {r["seed"]: 100 * r["val_acc"] for r in das_runs}
+        for (other, other_fusion), runs in groups.items():
+            if other == "das":
+                continue
+            diffs = [das_acc[r["seed"]] - 100 * r["val_acc"] for r in runs if r["seed"] in das_acc]
+            if diffs:
+                wins = f"{sum(d > 0 for d in diffs)}/{len(diffs)}"
+                rows.append([fusion, other, other_fusion, len(diffs), _pm(diffs), wins])
+    return rows
+
+
+def write_ablation_report(results: list[dict[str, Any]], out: Path, cfg: RunConfig) -> None:
+    """ablation.json (every run) and ablation.md: one row per (variant, fusion), val acc mean
+    +- sample sd over seeds, and DAS's differences paired by seed."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(results, indent=1) + "\n", out / "ablation.json")
+    groups = _groups(results)
+    rows = []
+    for (variant, fusion), runs in groups.items():
+        accs = [100 * r["val_acc"] for r in runs]
+        train_accs = [100 * r["train_acc"] for r in runs if r.get("train_acc") is not None]
+        rows.append(
+            [
+                variant,
+                fusion,
+                runs[0]["frames"],
+                runs[0]["params"],
+                runs[0]["steps"],
+                ", ".join(str(r["seed"]) for r in runs),
+                _pm(accs),
+                ", ".join(f"{a:.2f}" for a in accs),
+                _pm([100 * r["best_val_acc"] for r in runs]),
+                _pm(train_accs) if train_accs else "-",
+                _mean_sd([r["sec_per_step"] for r in runs])[0],
+                sum(r["train_seconds"] for r in runs),
+            ]
+        )
+    t = cfg.train
+    assert t is not None
+    budget = f"{t.epochs} epochs" + (f", at most {t.max_steps} steps" if t.max_steps else "")
+    header = ["variant", "fusion", "T", "params", "steps", "seeds", "val acc %"]
+    header += ["per seed", "best val acc %", "last train acc %", "s/step", "train s (all seeds)"]
+    lines = [
+        "# DAS ablation",
+        "",
+        f"- data: {results[0]['data'] if results else cfg.data.data}",
+        f"- arch: {cfg.model.arch} (width x{cfg.model.width_mult}), budget: {budget}, "
+        f"batch {t.batch_size}",
+        f"- genotype: {t.genotype}",
+        "",
+        markdown_table(header, rows),
+        "",
+        "val acc: final validation accuracy, mean ± sample sd over the seeds; last train acc: "
+        "training accuracy over the last epoch, on augmented inputs (above val acc: the "
+        "networks overfit; below: they still underfit).",
+    ]
+    paired = _paired_differences(groups)
+    if paired:
+        lines += [
+            "",
+            "DAS minus each variant, paired by seed (val acc points; > 0: DAS is better):",
+            "",
+            markdown_table(
+                ["das fusion", "variant", "fusion", "seeds", "difference", "DAS wins"], paired
+            ),
+        ]
+    lines += [
+        "",
+        "Variants: baseline = 2D network on the image; augment = DAS transforms as 2D random "
+        "augmentation (one random frame); replica = T identical frames + fusion; das = the "
+        "genotype's video + fusion; shuffle = DAS frames in random order + fusion.",
+        "",
+    ]
+    atomic_write_text("\n".join(lines), out / "ablation.md")

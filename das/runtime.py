@@ -22,6 +22,8 @@ __all__ = [
     "DistEnv",
     "all_reduce_",
     "atomic_save",
+    "atomic_write_text",
+    "backend_name",
     "broadcast_buffers",
     "deterministic",
     "get_rng_state",
@@ -32,6 +34,7 @@ __all__ = [
     "seed_everything",
     "set_rng_state",
     "shutdown_distributed",
+    "synchronize",
 ]
 
 
@@ -206,3 +209,19 @@ def ops_backend(name: str) -> Iterator[None]:
             yield
     else:
         raise ValueError(f"ops backend must be 'fused' or 'reference', got {name!r}")
+
+
+def backend_name(device: torch.device, ops_backend_name: str) -> str:
+    """The das_kernels backend that runs on `device` under `ops_backend_name` (for reports;
+    never raises: an unavailable backend is described instead)."""
+    with ops_backend(ops_backend_name):
+        try:
+            return das_kernels.backends.resolve(device)
+        except Exception as exc:  # report, never fail the run for it
+            return f"unavailable ({exc})"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for `device`'s queued work (CUDA; a no-op on CPU), e.g. before reading a clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -10,179 +10,46 @@ so ``--resume`` from the per-epoch checkpoint reproduces an uninterrupted run.
 Outputs in ``--out``: ``genotype.json``, ``search_log.{csv,json}`` (per epoch: losses,
 accuracies, seconds per step, tau and softmax weights per edge), ``selection.json``,
 ``report.md`` with ``tau.png``, ``selection.png``, ``curves.png``, ``video.png`` (the
-genotype's frames of four validation images), and ``checkpoint.pt``
+genotype's frames of four validation images), ``config.json`` and ``checkpoint.pt``
 (atomic, every epoch and every selected edge). Under ``torchrun`` only rank 0 writes;
 ``--batch-size`` is per process.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm import tqdm
 
-import das_kernels
-from das import cli
-from das.cell import SEARCH_SPACES, DASCell, Genotype, genotype_video
-from das.data import BatchLoader, BatchStream, DataBundle, DataError, load_data
+from das import cli, session
+from das.cell import Genotype
+from das.config import RunConfig
+from das.data import BatchStream, DataBundle, ImageSet
 from das.engine import Meter, autocast, cosine_lr, evaluate, make_sgd, set_lr, weight_step
-from das.models import VideoNetwork, build_backbone
-from das.report import (
-    markdown_table,
-    plot_curves,
-    plot_selection,
-    plot_tau,
-    plot_video,
-    write_log,
-)
+from das.report import write_log, write_search_report
 from das.runtime import (
     DistEnv,
     all_reduce_,
-    atomic_save,
-    atomic_write_text,
     broadcast_buffers,
-    deterministic,
-    get_rng_state,
-    init_distributed,
-    load_checkpoint,
-    ops_backend,
     seed_everything,
     set_rng_state,
-    shutdown_distributed,
+    synchronize,
 )
 from das.select import EdgeRecord, edge_order, select_ops
-from das_kernels.affine import frame_steps
 
-__all__ = ["Searcher", "build_parser", "main", "run_search"]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m das.search",
-        description="Differentiable Augmentation Search: learn the image->video cell (bi-level "
-        "DARTS), then pick one op per edge by perturbation. Defaults search on the bundled "
-        "digits in a few minutes on 2 CPU cores.",
-        formatter_class=cli.HelpFormatter,
-    )
-    cli.add_data_args(p)
-    cli.add_model_args(p)
-    g = p.add_argument_group("cell")
-    g.add_argument(
-        "--nodes",
-        type=cli.positive_int,
-        default=4,
-        help="intermediate nodes of the cell (edges = nodes*(nodes+1)/2)",
-    )
-    g.add_argument(
-        "--ops",
-        default="affine5",
-        help=f"search space ({', '.join(SEARCH_SPACES)}) or a comma list of ops (affine or colour)",
-    )
-    g.add_argument(
-        "--learn-magnitudes",
-        action="store_true",
-        help="also learn each op's magnitude per edge (with tau)",
-    )
-    g = p.add_argument_group("search")
-    g.add_argument("--epochs", type=cli.positive_int, default=8, help="search epochs")
-    g.add_argument(
-        "--steps-per-epoch",
-        type=cli.positive_int,
-        default=None,
-        help="steps per epoch (default: one pass over the weight half)",
-    )
-    g.add_argument("--batch-size", type=cli.positive_int, default=64, help="batch size per process")
-    g.add_argument(
-        "--order",
-        type=int,
-        choices=(1, 2),
-        default=1,
-        help="DARTS approximation: 1 = first order, 2 = unrolled (finite differences)",
-    )
-    g.add_argument(
-        "--warmup-epochs",
-        type=cli.nonneg_int,
-        default=0,
-        help="epochs of weight-only training before arch updates start",
-    )
-    g.add_argument(
-        "--w-lr", type=cli.positive_float, default=0.025, help="SGD learning rate (cosine)"
-    )
-    g.add_argument(
-        "--w-lr-min", type=cli.nonneg_float, default=0.001, help="final SGD learning rate"
-    )
-    g.add_argument("--w-momentum", type=cli.nonneg_float, default=0.9, help="SGD momentum")
-    g.add_argument("--w-wd", type=cli.nonneg_float, default=3e-4, help="SGD weight decay")
-    g.add_argument(
-        "--grad-clip", type=cli.nonneg_float, default=5.0, help="weight grad-norm clip (0 = off)"
-    )
-    g.add_argument(
-        "--a-lr", type=cli.positive_float, default=3e-4, help="Adam learning rate (arch)"
-    )
-    g.add_argument("--a-beta1", type=cli.nonneg_float, default=0.5, help="Adam beta1 (arch)")
-    g.add_argument("--a-beta2", type=cli.nonneg_float, default=0.999, help="Adam beta2 (arch)")
-    g.add_argument("--a-wd", type=cli.nonneg_float, default=1e-3, help="Adam weight decay (arch)")
-    g.add_argument(
-        "--eval-every",
-        type=cli.nonneg_int,
-        default=1,
-        help="evaluate the supernet on the arch half every N epochs (0 = only at the end)",
-    )
-    g.add_argument(
-        "--eval-images",
-        type=cli.nonneg_int,
-        default=256,
-        help="images of the arch half (a fixed seeded subset) used for the per-epoch "
-        "supernet accuracy and for selection; 0 = all",
-    )
-    g = p.add_argument_group("selection")
-    g.add_argument(
-        "--select",
-        choices=("perturbation", "argmax"),
-        default="perturbation",
-        help="how to discretise: perturbation (DARTS-PT) or argmax of tau",
-    )
-    g.add_argument(
-        "--select-order",
-        choices=("random", "sequential"),
-        default="random",
-        help="order in which edges are discretised",
-    )
-    g.add_argument(
-        "--finetune-epochs",
-        type=cli.nonneg_float,
-        default=0.0,
-        help="epochs of weight fine-tuning after each selected edge",
-    )
-    g.add_argument(
-        "--finetune-lr",
-        type=cli.positive_float,
-        default=0.01,
-        help="SGD learning rate while fine-tuning",
-    )
-    cli.add_runtime_args(p, "runs/search")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from OUT/checkpoint.pt with its configuration (same result "
-        "as an uninterrupted run)",
-    )
-    return p
+__all__ = ["Searcher", "StepStats", "main", "run_search"]
 
 
 # ----------------------------------------------------------------------------- searcher
 
 
-def _halves(bundle: DataBundle, seed: int) -> tuple[Any, Any]:
+def _halves(bundle: DataBundle, seed: int) -> tuple[ImageSet, ImageSet]:
     """The training set split in half (seeded permutation): weights half, arch half."""
     n = len(bundle.train)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
@@ -191,107 +58,88 @@ def _halves(bundle: DataBundle, seed: int) -> tuple[Any, Any]:
     )
 
 
+def _eval_subset(a_set: ImageSet, n_eval: int, seed: int) -> ImageSet:
+    """A fixed seeded subset of `n_eval` images of the arch half (0 or more: all of it)."""
+    if not n_eval or n_eval >= len(a_set):
+        return a_set
+    pick = torch.randperm(len(a_set), generator=torch.Generator().manual_seed(seed))
+    return a_set.subset(pick[:n_eval].sort().values)
+
+
+@dataclass
+class StepStats:
+    """What one search step did: losses and correct counts of the arch and weight batches
+    (arch_n = 0 when the arch step was skipped) and the seconds of each part."""
+
+    arch_loss: float
+    arch_correct: int
+    arch_n: int
+    weight_loss: float
+    weight_correct: int
+    weight_n: int
+    sec_arch: float
+    sec_weight: float
+
+
 class Searcher:
     """State and steps of one search; ``run()`` does search + selection + outputs."""
 
-    def __init__(self, cfg: dict[str, Any], env: DistEnv) -> None:
+    def __init__(self, cfg: RunConfig, env: DistEnv, bundle: DataBundle | None = None) -> None:
+        assert cfg.search is not None and cfg.cell is not None
         self.cfg, self.env = cfg, env
-        self.out = Path(cfg["out"])
+        self.settings = s = cfg.search
+        self.out = cfg.out
         self.dev = env.device
-        self.progress = env.is_main and not cfg["no_progress"]
-        self.bundle = load_data(
-            cfg["data"],
-            cfg["data_format"],
-            cfg["image_size"],
-            cfg["val_fraction"],
-            0,
-            cfg["limit_train"],
-            cfg["limit_val"],
+        self.progress = env.is_main and not cfg.runtime.no_progress
+        self.amp = cfg.runtime.amp
+        self.bundle = bundle or session.load_bundle(cfg.data)
+        w_set, a_set = _halves(self.bundle, cfg.seed)
+        self.w_loader = session.train_loader(cfg, self.bundle, w_set, 0, env)
+        self.a_loader = session.train_loader(cfg, self.bundle, a_set, 1, env)
+        self.eval_loader = session.eval_loader(
+            _eval_subset(a_set, s.eval_images, cfg.seed),
+            max(s.batch_size, 256),
+            self.bundle.mean,
+            self.bundle.std,
+            env,
         )
-        w_set, a_set = _halves(self.bundle, cfg["seed"])
-        b = self.bundle
-        size = b.image_size
-        pad = size // 8 if cfg["crop_pad"] is None else cfg["crop_pad"]
-        flip = b.flip if cfg["flip"] == "auto" else cfg["flip"] == "on"
-        common = dict(mean=b.mean, std=b.std, rank=env.rank, world=env.world, device=self.dev)
-        aug = dict(
-            train=True, seed=cfg["seed"], pad=pad, flip=flip, cutout=cfg["cutout"], drop_last=True
-        )
-        bs = cfg["batch_size"]
-        self.w_loader = BatchLoader(w_set, min(bs, len(w_set)), stream=0, **aug, **common)
-        self.a_loader = BatchLoader(a_set, min(bs, len(a_set)), stream=1, **aug, **common)
-        n_eval = cfg["eval_images"] or len(a_set)
-        if n_eval < len(a_set):
-            pick = torch.randperm(len(a_set), generator=torch.Generator().manual_seed(cfg["seed"]))
-            a_eval = a_set.subset(pick[:n_eval].sort().values)
-        else:
-            a_eval = a_set
-        self.eval_loader = BatchLoader(a_eval, max(bs, 256), train=False, **common)
         self.w_stream, self.a_stream = BatchStream(self.w_loader), BatchStream(self.a_loader)
-        self.steps_per_epoch = cfg["steps_per_epoch"] or len(self.w_loader)
-        self.total_steps = self.steps_per_epoch * cfg["epochs"]
+        self.steps_per_epoch = s.steps_per_epoch or len(self.w_loader)
+        self.total_steps = self.steps_per_epoch * s.epochs
 
-        seed_everything(cfg["seed"])
-        self.cell = DASCell(
-            cfg["frames"],
-            cfg["nodes"],
-            cfg["ops"],
-            cfg["learn_magnitudes"],
-            cfg["step_mode"],
-            aspect=b.train.x.shape[-1] / b.train.x.shape[-2],
-            pixel_mean=b.mean,
-            pixel_std=b.std,
-        ).to(self.dev)
-        self.backbone = build_backbone(
-            cfg["arch"],
-            b.num_classes,
-            b.in_channels,
-            cfg["frames"],
-            cfg["fusion"],
-            cfg["gsf_ratio"],
-            image_size=size,
-            width_mult=cfg["width_mult"],
-        ).to(self.dev)
-        self.network = VideoNetwork(self.cell, self.backbone)
-        self.ddp_backbone: nn.Module = self.backbone
-        if env.distributed:
-            ids = [self.dev.index] if self.dev.type == "cuda" else None
-            self.ddp_backbone = nn.parallel.DistributedDataParallel(self.backbone, device_ids=ids)
+        seed_everything(cfg.seed)
+        self.network = session.search_network(cfg, self.bundle).to(self.dev)
+        self.cell, self.backbone = self.network.cell, self.network.backbone
+        self.ddp_backbone = session.distribute(self.backbone, env)
         self.w_params = list(self.backbone.parameters())
         self.a_params = self.cell.arch_parameters()
-        self.w_opt = make_sgd(self.w_params, cfg["w_lr"], cfg["w_momentum"], cfg["w_wd"])
+        self.w_opt = make_sgd(self.w_params, s.w_lr, s.w_momentum, s.w_wd)
         self.a_opt = torch.optim.Adam(
-            self.a_params,
-            lr=cfg["a_lr"],
-            betas=(cfg["a_beta1"], cfg["a_beta2"]),
-            weight_decay=cfg["a_wd"],
+            self.a_params, lr=s.a_lr, betas=(s.a_beta1, s.a_beta2), weight_decay=s.a_wd
         )
         self.epoch = 0
         self.stage = "search"
         self.log: list[dict[str, Any]] = []
         self.records: list[EdgeRecord] = []
-        self.order = edge_order(len(self.cell.edges), cfg["seed"], cfg["select_order"])
+        self.order = edge_order(len(self.cell.edges), cfg.seed, s.select_order)
         self.seconds = {"search": 0.0, "select": 0.0}
 
     # -- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "kind": "search",
-            "version": 1,
-            "config": self.cfg,
-            "stage": self.stage,
-            "epoch": self.epoch,
-            "cell": self.cell.state_dict(),
-            "backbone": self.backbone.state_dict(),
-            "w_opt": self.w_opt.state_dict(),
-            "a_opt": self.a_opt.state_dict(),
-            "streams": {"w": self.w_stream.state(), "a": self.a_stream.state()},
-            "log": self.log,
-            "records": [r.to_dict() for r in self.records],
-            "order": self.order,
-            "seconds": self.seconds,
-            "rng": get_rng_state(),
-        }
+        return session.checkpoint_state(
+            self.cfg,
+            stage=self.stage,
+            epoch=self.epoch,
+            cell=self.cell.state_dict(),
+            backbone=self.backbone.state_dict(),
+            w_opt=self.w_opt.state_dict(),
+            a_opt=self.a_opt.state_dict(),
+            streams={"w": self.w_stream.state(), "a": self.a_stream.state()},
+            log=self.log,
+            records=[r.to_dict() for r in self.records],
+            order=self.order,
+            seconds=self.seconds,
+        )
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         self.cell.load_state_dict(ckpt["cell"])
@@ -306,13 +154,11 @@ class Searcher:
         set_rng_state(ckpt["rng"])
 
     def save(self) -> None:
-        if self.env.is_main:
-            atomic_save(self.state_dict(), self.out / "checkpoint.pt")
-        self.env.barrier()
+        session.save_checkpoint(self.state_dict(), self.cfg, self.env)
 
     # -- steps ------------------------------------------------------------------------
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        with autocast(self.dev, self.cfg["amp"]):
+        with autocast(self.dev, self.amp):
             logits = self.backbone(self.cell(x))
         return F.cross_entropy(logits.float(), y), (logits.argmax(1) == y).sum()
 
@@ -326,7 +172,7 @@ class Searcher:
     ) -> tuple[list[Tensor], float, int]:
         """DARTS second order: grad_a L_val(w', a) - eta * (finite-difference Hessian term)."""
         eta = self.w_opt.param_groups[0]["lr"]
-        momentum, wd = self.cfg["w_momentum"], self.cfg["w_wd"]
+        momentum, wd = self.settings.w_momentum, self.settings.w_wd
         backup = [p.detach().clone() for p in self.w_params]
         buffers = [b.detach().clone() for b in self.backbone.buffers()]
         loss_t, _ = self._loss(xt, yt)
@@ -362,7 +208,9 @@ class Searcher:
         return out, float(loss_v.detach()), int(correct)
 
     def arch_step(self, xt: Tensor, yt: Tensor, xv: Tensor, yv: Tensor) -> tuple[float, int]:
-        if self.cfg["order"] == 2:
+        """Adam on the architecture from the arch batch (xv, yv) (order 2: and the weight
+        batch (xt, yt) of the unrolled step); returns (arch loss, number correct)."""
+        if self.settings.order == 2:
             grads, loss, correct = self._arch_grads_unrolled(xt, yt, xv, yv)
         else:
             grads, loss, correct = self._arch_grads_first_order(xv, yv)
@@ -373,40 +221,47 @@ class Searcher:
         self.a_opt.zero_grad(set_to_none=True)
         return loss, correct
 
-    def _sync(self) -> None:
-        if self.dev.type == "cuda":
-            torch.cuda.synchronize(self.dev)
+    def step(self, step: int, arch: bool = True) -> StepStats:
+        """Search step number `step` (from 0): the weight LR of the cosine schedule at
+        `step`, the next weight and arch batches of the persistent streams, the arch step
+        (when `arch`; off in warm-up epochs) and the weight step. The seconds exclude
+        making the batches (CUDA is synchronised around each part)."""
+        s = self.settings
+        set_lr(self.w_opt, cosine_lr(step, self.total_steps, s.w_lr, s.w_lr_min))
+        xt, yt = next(self.w_stream)
+        xv, yv = next(self.a_stream)
+        synchronize(self.dev)
+        t0 = time.perf_counter()
+        a_loss, a_correct, a_n = float("nan"), 0, 0
+        if arch:
+            a_loss, a_correct = self.arch_step(xt, yt, xv, yv)
+            a_n = len(yv)
+        synchronize(self.dev)
+        t1 = time.perf_counter()
+        w_loss, w_correct = weight_step(
+            self.cell, self.ddp_backbone, self.w_opt, xt, yt, s.grad_clip, self.amp
+        )
+        synchronize(self.dev)
+        t2 = time.perf_counter()
+        return StepStats(a_loss, a_correct, a_n, w_loss, w_correct, len(yt), t1 - t0, t2 - t1)
 
     def train_epoch(self) -> dict[str, Any]:
-        cfg = self.cfg
         w_meter, a_meter = Meter(), Meter()
-        arch_on = self.epoch >= cfg["warmup_epochs"]
+        arch_on = self.epoch >= self.settings.warmup_epochs
         t_arch = t_weight = 0.0
         bar = tqdm(
             range(self.steps_per_epoch),
-            desc=f"search {self.epoch + 1}/{cfg['epochs']}",
+            desc=f"search {self.epoch + 1}/{self.settings.epochs}",
             disable=not self.progress,
             leave=False,
             dynamic_ncols=True,
         )
         for i in bar:
-            step = self.epoch * self.steps_per_epoch + i
-            set_lr(self.w_opt, cosine_lr(step, self.total_steps, cfg["w_lr"], cfg["w_lr_min"]))
-            xt, yt = next(self.w_stream)
-            xv, yv = next(self.a_stream)
-            t0 = time.perf_counter()
+            st = self.step(self.epoch * self.steps_per_epoch + i, arch=arch_on)
             if arch_on:
-                loss, correct = self.arch_step(xt, yt, xv, yv)
-                a_meter.update(loss, correct, len(yv))
-            self._sync()
-            t1 = time.perf_counter()
-            loss, correct = weight_step(
-                self.cell, self.ddp_backbone, self.w_opt, xt, yt, cfg["grad_clip"], cfg["amp"]
-            )
-            w_meter.update(loss, correct, len(yt))
-            self._sync()
-            t2 = time.perf_counter()
-            t_arch, t_weight = t_arch + t1 - t0, t_weight + t2 - t1
+                a_meter.update(st.arch_loss, st.arch_correct, st.arch_n)
+            w_meter.update(st.weight_loss, st.weight_correct, st.weight_n)
+            t_arch, t_weight = t_arch + st.sec_arch, t_weight + st.sec_weight
             bar.set_postfix(
                 loss=f"{w_meter.loss:.3f}",
                 acc=f"{w_meter.acc:.3f}",
@@ -440,7 +295,7 @@ class Searcher:
 
     def evaluate(self) -> dict[str, float]:
         broadcast_buffers(self.backbone, self.env)
-        return evaluate(self.network, self.eval_loader.epoch_batches(0), self.env, self.cfg["amp"])
+        return evaluate(self.network, self.eval_loader.epoch_batches(0), self.env, self.amp)
 
     def _tau_row(self) -> dict[str, Any]:
         with torch.no_grad():
@@ -455,7 +310,7 @@ class Searcher:
                 },
                 **(
                     {"magnitudes": self.cell.magnitudes.detach().cpu().tolist()}
-                    if self.cfg["learn_magnitudes"]
+                    if self.cfg.cell is not None and self.cfg.cell.learn_magnitudes
                     else {}
                 ),
             }
@@ -466,15 +321,15 @@ class Searcher:
 
     # -- phases -----------------------------------------------------------------------
     def search(self) -> None:
-        cfg = self.cfg
+        epochs = self.settings.epochs
         if not self.log:
             self.log.append({"epoch": 0, **self._tau_row()})
-        while self.epoch < cfg["epochs"]:
+        while self.epoch < epochs:
             t0 = time.perf_counter()
             stats = self.train_epoch()
             self.epoch += 1
-            last = self.epoch == cfg["epochs"]
-            every = cfg["eval_every"]
+            last = self.epoch == epochs
+            every = self.settings.eval_every
             ev = self.evaluate() if last or (every and self.epoch % every == 0) else None
             self.seconds["search"] += time.perf_counter() - t0
             row = {"epoch": self.epoch, **stats}
@@ -484,7 +339,7 @@ class Searcher:
             self.log.append(row)
             if self.env.is_main:
                 msg = (
-                    f"epoch {self.epoch}/{cfg['epochs']}: train loss {stats['train_loss']:.4f} "
+                    f"epoch {self.epoch}/{epochs}: train loss {stats['train_loss']:.4f} "
                     f"acc {stats['train_acc']:.4f} | arch acc {stats['arch_acc']:.4f}"
                 )
                 if ev is not None:
@@ -495,24 +350,17 @@ class Searcher:
             self.save()
 
     def _finetune(self, _: int) -> None:
-        steps = int(round(self.cfg["finetune_epochs"] * self.steps_per_epoch))
-        set_lr(self.w_opt, self.cfg["finetune_lr"])
+        s = self.settings
+        steps = int(round(s.finetune_epochs * self.steps_per_epoch))
+        set_lr(self.w_opt, s.finetune_lr)
         for _ in range(steps):
             x, y = next(self.w_stream)
-            weight_step(
-                self.cell,
-                self.ddp_backbone,
-                self.w_opt,
-                x,
-                y,
-                self.cfg["grad_clip"],
-                self.cfg["amp"],
-            )
+            weight_step(self.cell, self.ddp_backbone, self.w_opt, x, y, s.grad_clip, self.amp)
 
     def select(self) -> Genotype:
         self.stage = "select"
         t0 = time.perf_counter()
-        if self.cfg["select"] == "argmax":
+        if self.settings.select == "argmax":
             return self.cell.genotype()
         n_evals = len(self.cell.edges) * (len(self.cell.ops) + 1)
         bar = tqdm(
@@ -544,7 +392,7 @@ class Searcher:
             acc,
             self.order,
             self.records,
-            self._finetune if self.cfg["finetune_epochs"] > 0 else None,
+            self._finetune if self.settings.finetune_epochs > 0 else None,
             on_edge,
             say,
         )
@@ -567,186 +415,33 @@ class Searcher:
             "seconds": {**self.seconds, "this_run": time.perf_counter() - t0},
         }
         if self.env.is_main:
-            self.write_outputs(result)
+            write_search_report(self, result)
         self.env.barrier()
         return result
-
-    # -- outputs ----------------------------------------------------------------------
-    def write_outputs(self, result: dict[str, Any]) -> None:
-        out, cfg = self.out, self.cfg
-        genotype: Genotype = result["genotype"]
-        genotype.save(out / "genotype.json")
-        atomic_write_text(json.dumps(result["records"], indent=1) + "\n", out / "selection.json")
-        plot_tau(self.log, self.cell.edges, out / "tau.png")
-        plot_curves(self.log, out / "curves.png", ("train", "arch", "val"))
-        if result["records"]:
-            plot_selection(result["records"], out / "selection.png")
-        images = self.bundle.val.x[:4].float() / 255
-        aspect = images.shape[-1] / images.shape[-2]
-        video = genotype_video(genotype, images, self.bundle.mean, self.bundle.std, aspect)
-        steps = [int(s) for s in frame_steps(genotype.frames, genotype.mode)]
-        plot_video(images, video, out / "video.png", steps)
-        rows = [r for r in self.log if r["epoch"] > 0]
-        steps = [r["sec_per_step"] for r in rows]
-        lines = [
-            "# DAS search report",
-            "",
-            f"- data: {self.bundle.describe()} (weights half {len(self.w_loader.data)}, "
-            f"arch half {len(self.a_loader.data)})",
-            f"- model: {cfg['arch']} fusion={cfg['fusion']} frames={cfg['frames']} "
-            f"nodes={cfg['nodes']} ops={list(self.cell.ops)}",
-            f"- search: {cfg['epochs']} epochs x {self.steps_per_epoch} steps, "
-            f"order {cfg['order']}, "
-            f"batch {cfg['batch_size']} x {self.env.world} process(es), device {self.dev}, "
-            f"ops backend {cfg['ops_backend']}" + (" (amp)" if cfg["amp"] else ""),
-            f"- das_kernels backend on {self.dev.type}: "
-            f"{_backend_name(self.dev, cfg['ops_backend'])}",
-            f"- time: search {self.seconds['search']:.1f} s, "
-            f"selection {self.seconds['select']:.1f} s; "
-            f"mean {sum(steps) / max(len(steps), 1):.4f} s per search step "
-            f"(arch {_mean(rows, 'sec_arch_step'):.4f} + "
-            f"weights {_mean(rows, 'sec_weight_step'):.4f})",
-            f"- supernet after selection: val acc {result['final_val_acc']:.4f} "
-            f"({len(self.eval_loader.data)} images of the arch half)",
-            "",
-            "## Genotype",
-            "",
-            markdown_table(
-                ["edge", "from", "to", "op", "magnitude"],
-                [
-                    [e, i, j, op, m]
-                    for e, ((i, j), op, m) in enumerate(
-                        zip(genotype.edges, genotype.ops, genotype.magnitudes)
-                    )
-                ],
-            ),
-            "",
-            "What the genotype's cell makes of four validation images (pixel units):",
-            "",
-            "![video](video.png)",
-            "",
-            "## Per-epoch log",
-            "",
-            markdown_table(
-                ["epoch", "train loss", "train acc", "arch loss", "arch acc", "val acc", "s/step"],
-                [
-                    [
-                        r["epoch"],
-                        r["train_loss"],
-                        r["train_acc"],
-                        r["arch_loss"],
-                        r["arch_acc"],
-                        r.get("val_acc", float("nan")),
-                        r["sec_per_step"],
-                    ]
-                    for r in rows
-                ],
-            ),
-            "",
-            "![curves](curves.png)",
-            "",
-            "## Architecture weights (softmax of tau) per edge",
-            "",
-            "![tau](tau.png)",
-            "",
-        ]
-        if result["records"]:
-            ops = list(self.cell.ops)
-            lines += [
-                "## Perturbation selection",
-                "",
-                f"Accuracy drop ({len(self.eval_loader.data)} images of the arch half) when each "
-                "op of an edge is masked; the op whose removal hurts most is kept (ties: the "
-                "larger loss increase). Edges in selection order.",
-                "",
-                markdown_table(
-                    ["edge", "from->to", "base acc", *[f"drop {o}" for o in ops], "kept"],
-                    [
-                        [
-                            r["edge"],
-                            f"{r['src']}->{r['dst']}",
-                            r["base_acc"],
-                            *[r["drop"][o] for o in ops],
-                            r["chosen"],
-                        ]
-                        for r in result["records"]
-                    ],
-                ),
-                "",
-                "![selection](selection.png)",
-                "",
-            ]
-        atomic_write_text("\n".join(lines), out / "report.md")
-
-
-def _mean(rows: list[dict[str, Any]], key: str) -> float:
-    vals = [r[key] for r in rows if key in r]
-    return sum(vals) / max(len(vals), 1)
-
-
-def _backend_name(device: torch.device, ops_backend_name: str) -> str:
-    with ops_backend(ops_backend_name):
-        try:
-            return das_kernels.backends.resolve(device)
-        except Exception as exc:  # report, never fail the run for it
-            return f"unavailable ({exc})"
 
 
 # ----------------------------------------------------------------------------- entry points
 
 
-def _config(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = vars(args).copy()
-    return cfg
+def run_search(cfg: RunConfig, env: DistEnv | None = None) -> dict[str, Any]:
+    """Run (or, with ``--resume``, continue) the search configured by `cfg`."""
+    return session.run_job(cfg, env, lambda cfg, env, _: Searcher(cfg, env))
 
 
-def run_search(cfg: dict[str, Any], env: DistEnv | None = None) -> dict[str, Any]:
-    """Run (or resume) a search with config `cfg` (``vars()`` of the parsed CLI)."""
-    own_env = env is None
-    env = env or init_distributed(cfg["device"])
-    try:
-        if cfg.get("threads"):
-            torch.set_num_threads(cfg["threads"])
-        ckpt_path = Path(cfg["out"]) / "checkpoint.pt"
-        ckpt = None
-        if cfg.get("resume") and ckpt_path.is_file():
-            ckpt = load_checkpoint(ckpt_path, "search")
-            saved = dict(ckpt["config"])
-            saved.update({k: cfg[k] for k in cli.RUNTIME_KEYS if k in cfg})
-            cfg = saved
-        elif cfg.get("resume") and env.is_main:
-            print(f"--resume: no checkpoint at {ckpt_path}; starting a new search", file=sys.stderr)
-        if env.is_main:
-            Path(cfg["out"]).mkdir(parents=True, exist_ok=True)
-        with ops_backend(cfg["ops_backend"]), deterministic(cfg.get("deterministic", False)):
-            searcher = Searcher(cfg, env)
-            if ckpt is not None:
-                searcher.load_state_dict(ckpt)
-            return searcher.run()
-    finally:
-        if own_env:
-            shutdown_distributed(env)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    cli.check_common(parser, args)
-    if args.warmup_epochs >= args.epochs:
-        parser.error(f"--warmup-epochs ({args.warmup_epochs}) must be < --epochs ({args.epochs})")
-    try:
-        result = run_search(_config(args))
-    except DataError as exc:
-        parser.error(f"--data: {exc}")
-    if int(os.environ.get("RANK", "0")) == 0:
-        g = result["genotype"]
-        print(f"genotype: {list(g.ops)}")
+def _main(cfg: RunConfig) -> int:
+    result = run_search(cfg)
+    if cli.is_main_process():
+        print(f"genotype: {list(result['genotype'].ops)}")
         print(
-            f"wrote {Path(args.out) / 'genotype.json'} and {Path(args.out) / 'report.md'} "
+            f"wrote {cfg.out / 'genotype.json'} and {cfg.out / 'report.md'} "
             f"(search {result['seconds']['search']:.1f} s, selection "
             f"{result['seconds']['select']:.1f} s)"
         )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_cli("search", argv, _main)
 
 
 if __name__ == "__main__":

@@ -5,22 +5,13 @@ import pytest
 import torch
 
 from das.cell import Genotype, random_genotype
-from das.models import FUSIONS, VideoNetwork, build_backbone, fusion_unavailable_reason
+from das.models import FUSIONS, VideoNetwork, build_backbone
 from das.models.resnet import BasicBlock, Bottleneck
 from das.variants import VARIANTS, build_network
 from das_kernels.colour import colour_transform
 
 
-def fusion_param(fusion):
-    reason = fusion_unavailable_reason(fusion)
-    marks = [pytest.mark.skip(reason=reason)] if reason else []
-    return pytest.param(fusion, marks=marks, id=fusion)
-
-
-FUSION_PARAMS = [fusion_param(f) for f in FUSIONS]
-
-
-@pytest.mark.parametrize("fusion", FUSION_PARAMS)
+@pytest.mark.parametrize("fusion", FUSIONS)
 @pytest.mark.parametrize("arch", ["resnet_tiny", "resnet18", "resnet50"])
 def test_arch_fusion_forward_backward(arch, fusion):
     torch.manual_seed(0)
@@ -59,7 +50,6 @@ def _call_order(block, x):
     return order
 
 
-@pytest.mark.skipif(fusion_unavailable_reason("gsf") is not None, reason="GSF not available")
 def test_gsf_placement():
     basic = BasicBlock(16, 16, fusion="gsf", frames=2)
     assert _call_order(basic, torch.randn(4, 16, 8, 8)) == ["conv1", "bn1", "conv2", "gsf", "bn2"]
@@ -76,7 +66,6 @@ def test_gsf_placement():
     assert basic.gsf.fPlane == 4 and bottle.gsf.fPlane == 16  # ratio 25 %
 
 
-@pytest.mark.skipif(fusion_unavailable_reason("tsm") is not None, reason="TSM not available")
 def test_tsm_placement_residual_shift():
     block = BasicBlock(16, 16, fusion="tsm", frames=2)
     assert _call_order(block, torch.randn(4, 16, 8, 8))[:2] == ["shift", "conv1"]
@@ -94,7 +83,6 @@ def test_logits_are_frame_averages():
     torch.testing.assert_close(model(video), per_frame.mean(1), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(fusion_unavailable_reason("tsm") is not None, reason="TSM not available")
 def test_frame_count_mismatch_is_an_error():
     model = build_backbone("resnet_tiny", 10, 1, frames=4, fusion="tsm")
     with pytest.raises(ValueError, match="T=4"):
@@ -110,7 +98,7 @@ def test_bad_names():
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variants(variant):
-    fusion = "tsm" if fusion_unavailable_reason("tsm") is None else "none"
+    fusion = "tsm"
     g = random_genotype(nodes=2, frames=3, seed=0)
     net = build_network(variant, g, 3, fusion, 10, 1, 16)
     assert isinstance(net, VideoNetwork)

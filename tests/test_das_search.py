@@ -12,9 +12,8 @@ import torch
 import torch.multiprocessing as mp
 from das_testing import FAST_FUSION, NO_CIFAR, SHARED, TINY_DATA
 
-from das import search, train
+from das import cli, search, train
 from das.cell import Genotype
-from das.models import fusion_unavailable_reason
 
 TINY = [*TINY_DATA, "--frames", "2", "--nodes", "2", "--epochs", "2", "--steps-per-epoch", "2"]
 TRAIN_TINY = TINY_DATA
@@ -26,7 +25,6 @@ def _search(out, *extra):
     return out
 
 
-@pytest.mark.skipif(fusion_unavailable_reason("gsf") is not None, reason="GSF not available")
 def test_search_end_to_end_gsf(tmp_path):
     out = _search(tmp_path / "s", "--fusion", "gsf", "--finetune-epochs", "0.5")
     g = Genotype.load(out / "genotype.json")
@@ -162,40 +160,22 @@ def _ddp_params_worker(rank, world, port, out):
         return result
 
     train.Trainer.run = train_and_capture
-    cfg = vars(
-        search.build_parser().parse_args(
-            [
-                *TINY,
-                "--fusion",
-                FAST_FUSION,
-                "--out",
-                f"{out}/search",
-                "--epochs",
-                "1",
-                "--steps-per-epoch",
-                "3",
-                "--select",
-                "argmax",
-            ]
-        )
+    cfg = cli.parse_config(
+        "search",
+        [
+            *TINY,
+            *("--fusion", FAST_FUSION, "--out", f"{out}/search", "--epochs", "1"),
+            *("--steps-per-epoch", "3", "--select", "argmax"),
+        ],
     )
     search.run_search(cfg, env)
-    tcfg = vars(
-        train.build_parser().parse_args(
-            [
-                *TRAIN_TINY,
-                "--fusion",
-                FAST_FUSION,
-                "--genotype",
-                f"{out}/search/genotype.json",
-                "--out",
-                f"{out}/train",
-                "--epochs",
-                "1",
-                "--max-steps",
-                "3",
-            ]
-        )
+    tcfg = cli.parse_config(
+        "train",
+        [
+            *TRAIN_TINY,
+            *("--fusion", FAST_FUSION, "--genotype", f"{out}/search/genotype.json"),
+            *("--out", f"{out}/train", "--epochs", "1", "--max-steps", "3"),
+        ],
     )
     train.run_train(tcfg, env)
     torch.save(captured, f"{out}/params_rank{rank}.pt")

@@ -10,16 +10,17 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from das.models.resnet import BasicBlock, Bottleneck, VideoResNet
-from das.models.temporal import FUSIONS, FusionUnavailable, fusion_unavailable_reason
+from das.models.temporal import FUSIONS
+from das_kernels.reference import gsf_channels
 
 __all__ = [
     "ARCHS",
     "FUSIONS",
-    "FusionUnavailable",
     "VideoNetwork",
     "VideoResNet",
+    "backbone_widths",
     "build_backbone",
-    "fusion_unavailable_reason",
+    "gsf_problem",
 ]
 
 ARCHS: dict[str, tuple[type[nn.Module], tuple[int, ...], tuple[int, ...]]] = {
@@ -50,13 +51,38 @@ def build_backbone(
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     if fusion not in FUSIONS:
         raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
-    block, layers, widths = ARCHS[arch]
-    widths = tuple(max(16, int(round(w * width_mult / 8)) * 8) for w in widths)
+    block, layers, _ = ARCHS[arch]
+    widths = backbone_widths(arch, width_mult)
     if stem == "auto":
         stem = "cifar" if image_size <= 64 else "imagenet"
     return VideoResNet(
         block, layers, num_classes, in_channels, widths, stem, fusion, frames, gsf_ratio
     )
+
+
+def backbone_widths(arch: str, width_mult: float = 1.0) -> tuple[int, ...]:
+    """The stage widths of `arch` scaled by `width_mult`: multiples of 8, at least 16."""
+    return tuple(max(16, int(round(w * width_mult / 8)) * 8) for w in ARCHS[arch][2])
+
+
+def gsf_problem(arch: str, width_mult: float = 1.0, gsf_ratio: int = 25) -> str | None:
+    """None when GSF at `gsf_ratio` can be built in every stage of `arch` at `width_mult`,
+    else which stage fails and why (GSF gates a channel count divisible by 4)."""
+    if arch not in ARCHS:
+        return f"unknown arch {arch!r}"
+    block = ARCHS[arch][0]
+    for stage, width in enumerate(backbone_widths(arch, width_mult), 1):
+        channels = width * block.expansion  # GSF sits after the block's last convolution
+        try:
+            gsf_channels(channels, gsf_ratio)
+        except ValueError:
+            gated = int(channels * gsf_ratio / 100)
+            gated += gated % 2
+            return (
+                f"GSF would gate {gated} of the {channels} channels of stage {stage} of {arch} "
+                "(it needs a positive multiple of 4)"
+            )
+    return None
 
 
 class VideoNetwork(nn.Module):

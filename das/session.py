@@ -1,0 +1,320 @@
+"""The one setup path of search, train, evaluate and the benchmarks, from a typed config:
+
+data (:func:`load_bundle`) -> loaders (:func:`train_loader`, :func:`eval_loader`) ->
+network (:func:`search_network`, :func:`variant_network`) -> distributed wrap
+(:func:`distribute`) -> resume (:func:`resume`); :func:`run_job` strings them together
+for a job (a :class:`das.search.Searcher` or :class:`das.train.Trainer`: anything with
+``state_dict``/``load_state_dict``/``run``) inside :func:`process` (the process group,
+CPU threads) with the configured ops backend and determinism.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from das.cell import DASCell, Genotype, random_genotype
+from das.config import ConfigError, DataConfig, RunConfig
+from das.data import BatchLoader, DataBundle, ImageSet, load_data
+from das.models import VideoNetwork, build_backbone
+from das.runtime import (
+    DistEnv,
+    atomic_save,
+    atomic_write_text,
+    deterministic,
+    get_rng_state,
+    init_distributed,
+    load_checkpoint,
+    ops_backend,
+    shutdown_distributed,
+)
+from das.variants import build_network
+
+__all__ = [
+    "DataMeta",
+    "Job",
+    "checkpoint_state",
+    "distribute",
+    "eval_loader",
+    "load_bundle",
+    "process",
+    "resume",
+    "run_job",
+    "save_checkpoint",
+    "search_network",
+    "train_loader",
+    "train_genotype",
+    "variant_network",
+]
+
+
+# ----------------------------------------------------------------------------- process
+
+
+@contextlib.contextmanager
+def process(
+    device: str, threads: int | None = None, env: DistEnv | None = None
+) -> Iterator[DistEnv]:
+    """This process's place in the run: `env` as given, or the process group torchrun
+    describes (joined here and left on exit); ``threads`` sets torch's CPU threads."""
+    own = env is None
+    env = env or init_distributed(device)
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        yield env
+    finally:
+        if own:
+            shutdown_distributed(env)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_bundle(data: DataConfig, source: str | None = None) -> DataBundle:
+    """The dataset of `data` (``source`` replaces its path, format then detected)."""
+    return load_data(
+        source or data.data,
+        fmt="auto" if source else data.data_format,
+        image_size=data.image_size,
+        val_fraction=data.val_fraction,
+        split_seed=0,
+        limit_train=data.limit_train,
+        limit_val=data.limit_val,
+    )
+
+
+def train_loader(
+    cfg: RunConfig, bundle: DataBundle, images: ImageSet, stream: int, env: DistEnv
+) -> BatchLoader:
+    """Shuffled, augmented batches (crop padding, flips, cutout of ``cfg.data``) of
+    ``cfg``'s batch size (at most the set's size), dropping the last partial batch."""
+    data = cfg.data
+    return BatchLoader(
+        images,
+        min(cfg.batch_size, len(images)),
+        mean=bundle.mean,
+        std=bundle.std,
+        train=True,
+        seed=cfg.seed,
+        stream=stream,
+        pad=bundle.image_size // 8 if data.crop_pad is None else data.crop_pad,
+        flip=bundle.flip if data.flip == "auto" else data.flip == "on",
+        cutout=data.cutout,
+        drop_last=True,
+        rank=env.rank,
+        world=env.world,
+        device=env.device,
+    )
+
+
+def eval_loader(
+    images: ImageSet,
+    batch_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    env: DistEnv,
+) -> BatchLoader:
+    """Batches in a fixed order, nothing random, sharded over the ranks."""
+    return BatchLoader(
+        images,
+        batch_size,
+        mean=tuple(mean),
+        std=tuple(std),
+        train=False,
+        rank=env.rank,
+        world=env.world,
+        device=env.device,
+    )
+
+
+@dataclass(frozen=True)
+class DataMeta:
+    """What a network needs to know of its data (kept in train checkpoints)."""
+
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of(cls, bundle: DataBundle) -> DataMeta:
+        return cls(
+            bundle.num_classes,
+            bundle.in_channels,
+            bundle.image_size,
+            tuple(bundle.mean),
+            tuple(bundle.std),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "mean": self.mean,
+            "std": self.std,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataMeta:
+        return cls(
+            d["num_classes"], d["in_channels"], d["image_size"], tuple(d["mean"]), tuple(d["std"])
+        )
+
+
+def _aspect(bundle: DataBundle) -> float:
+    return bundle.train.x.shape[-1] / bundle.train.x.shape[-2]
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+def search_network(cfg: RunConfig, bundle: DataBundle) -> VideoNetwork:
+    """The supernet: a mixed :class:`DASCell` (``cfg.cell``) + the video backbone."""
+    model, cell = cfg.model, cfg.cell
+    assert cell is not None and model.frames is not None
+    das_cell = DASCell(
+        model.frames,
+        cell.nodes,
+        cell.ops,
+        cell.learn_magnitudes,
+        model.step_mode,
+        aspect=_aspect(bundle),
+        pixel_mean=bundle.mean,
+        pixel_std=bundle.std,
+    )
+    backbone = build_backbone(
+        model.arch,
+        bundle.num_classes,
+        bundle.in_channels,
+        model.frames,
+        model.fusion,
+        model.gsf_ratio,
+        image_size=bundle.image_size,
+        width_mult=model.width_mult,
+    )
+    return VideoNetwork(das_cell, backbone)
+
+
+def train_genotype(cfg: RunConfig) -> Genotype | None:
+    """``--genotype``: a genotype.json, ``random`` (seeded, affine5, 4 nodes) or None."""
+    assert cfg.train is not None
+    spec = cfg.train.genotype
+    if spec is None:
+        return None
+    if spec == "random":
+        return random_genotype("affine5", 4, cfg.model.frames or 4, cfg.seed, cfg.model.step_mode)
+    return Genotype.load(spec)
+
+
+def variant_network(
+    cfg: RunConfig, genotype: Genotype | None, meta: DataMeta, aspect: float
+) -> VideoNetwork:
+    """The network of ``cfg.train.variant`` (see :mod:`das.variants`)."""
+    assert cfg.train is not None
+    model = cfg.model
+    return build_network(
+        cfg.train.variant,
+        genotype,
+        frames=model.frames or (genotype.frames if genotype else 4),
+        fusion=model.fusion,
+        num_classes=meta.num_classes,
+        in_channels=meta.in_channels,
+        image_size=meta.image_size,
+        arch=model.arch,
+        gsf_ratio=model.gsf_ratio,
+        width_mult=model.width_mult,
+        aspect=aspect,
+        pixel_stats=(meta.mean, meta.std),
+    )
+
+
+def distribute(module: nn.Module, env: DistEnv) -> nn.Module:
+    """`module` in DDP when the run has several processes, else `module` itself."""
+    if not env.distributed:
+        return module
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+CHECKPOINT_VERSION = 2  # 1: the config was a flat dict of option names
+
+
+def checkpoint_state(cfg: RunConfig, **state: Any) -> dict[str, Any]:
+    """A job's checkpoint: its kind (``cfg.command``), version, config (as a dict), the job's
+    own `state` and the RNG states (``load_state_dict`` restores them with
+    :func:`das.runtime.set_rng_state`)."""
+    return {
+        "kind": cfg.command,
+        "version": CHECKPOINT_VERSION,
+        "config": cfg.to_dict(),
+        **state,
+        "rng": get_rng_state(),
+    }
+
+
+def save_checkpoint(state: dict[str, Any], cfg: RunConfig, env: DistEnv) -> None:
+    """``OUT/checkpoint.pt`` (atomic, rank 0), then every rank waits for it."""
+    if env.is_main:
+        atomic_save(state, cfg.out / "checkpoint.pt")
+    env.barrier()
+
+
+def resume(cfg: RunConfig, env: DistEnv) -> tuple[RunConfig, dict[str, Any] | None]:
+    """With ``--resume`` and ``OUT/checkpoint.pt``: the checkpoint's config (with this
+    command line's runtime settings, RuntimeConfig.FROM_COMMAND_LINE) and the checkpoint;
+    else `cfg` and None. ConfigError for a checkpoint das cannot resume."""
+    path = cfg.out / "checkpoint.pt"
+    if not cfg.runtime.resume:
+        return cfg, None
+    if not path.is_file():
+        if env.is_main:
+            print(f"--resume: no checkpoint at {path}; starting a new run", file=sys.stderr)
+        return cfg, None
+    try:
+        ckpt = load_checkpoint(path, cfg.command)
+    except ValueError as exc:
+        raise ConfigError(f"--resume: {exc}") from None
+    saved = RunConfig.from_dict(ckpt.get("config"), where=f"--resume: {path}")
+    return saved.resumed_by(cfg.runtime), ckpt
+
+
+class Job(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None: ...
+
+    def run(self) -> Any: ...
+
+
+def run_job(
+    cfg: RunConfig,
+    env: DistEnv | None,
+    make: Callable[[RunConfig, DistEnv, dict[str, Any] | None], Job],
+) -> Any:
+    """Set up and run one job: process group and threads, resume (``--resume``), the
+    output directory with ``config.json`` (the run's RunConfig), then
+    ``make(cfg, env, checkpoint)`` under the ops backend and determinism of
+    ``cfg.runtime``, its checkpoint state loaded, and ``job.run()``."""
+    with process(cfg.runtime.device, cfg.runtime.threads, env) as env:
+        cfg, ckpt = resume(cfg, env)
+        if env.is_main:
+            cfg.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(json.dumps(cfg.to_dict(), indent=1) + "\n", cfg.out / "config.json")
+        with ops_backend(cfg.runtime.ops_backend), deterministic(cfg.runtime.deterministic):
+            job = make(cfg, env, ckpt)
+            if ckpt is not None:
+                job.load_state_dict(ckpt)
+            return job.run()
