@@ -28,6 +28,7 @@ contrast, color, brightness, sharpness), and ``aa13_affine``, its five affine me
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -204,6 +205,12 @@ class Genotype:
         object.__setattr__(self, "magnitudes", mags)
         if len(self.magnitudes) != n_edges:
             raise ValueError(f"genotype needs {n_edges} magnitudes, got {len(self.magnitudes)}")
+        bad = [i for i, m in enumerate(self.magnitudes) if not math.isfinite(m)]
+        if bad:
+            raise ValueError(
+                f"genotype magnitudes must be finite numbers, but edge(s) {bad} have "
+                f"{[self.magnitudes[i] for i in bad]}"
+            )
         if not isinstance(self.frames, int) or self.frames < 1:
             raise ValueError(f"genotype frames must be a positive int, got {self.frames!r}")
         if self.mode not in STEP_MODES:

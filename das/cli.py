@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 
 from das.cell import SEARCH_SPACES
 from das.config import ConfigError, EvalConfig, RunConfig, check, check_eval
 from das.data import FORMATS, DataError
 from das.models import ARCHS, FUSIONS
+from das.runtime import DistributedFailure, WriteFailure
 from das.variants import VARIANTS
 
 __all__ = [
@@ -444,7 +446,9 @@ def parse_eval_config(argv: list[str] | None = None) -> EvalConfig:
 
 def run_cli(command: str, argv: list[str] | None, run: Callable[..., int]) -> int:
     """``run(config)`` of the parsed command line; DataError (``--data: ...``) and
-    ConfigError raised while running exit with status 2 as well."""
+    ConfigError raised while running exit with status 2 as well; a file that cannot be
+    written (WriteFailure) or a failed collective (DistributedFailure) exit with status 1
+    and one line; Ctrl-C (KeyboardInterrupt) with 130 and how to resume."""
     cfg = parse_eval_config(argv) if command == "evaluate" else parse_config(command, argv)
     try:
         return run(cfg)
@@ -452,6 +456,16 @@ def run_cli(command: str, argv: list[str] | None, run: Callable[..., int]) -> in
         build_parser(command).error(f"--data: {exc}")
     except ConfigError as exc:
         build_parser(command).error(str(exc))
+    except (WriteFailure, DistributedFailure) as exc:  # a full disk, a dead rank: exit 1
+        print(f"{build_parser(command).prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C: the last complete checkpoint stays; exit 130
+        from das.session import interrupted_message
+
+        if is_main_process():
+            out = getattr(cfg, "out", None)
+            print(interrupted_message(command, out, argv), file=sys.stderr, flush=True)
+        return 130
     raise AssertionError("unreachable")  # parser.error exits
 
 

@@ -303,6 +303,8 @@ def check(cfg: RunConfig) -> None:
 
 
 def _check_runtime(rt: RuntimeConfig) -> None:
+    if os.path.exists(rt.out) and not os.path.isdir(rt.out):
+        raise ConfigError(f"--out: {rt.out} exists and is not a directory")
     cuda = torch.cuda.is_available()
     if rt.amp and (rt.device == "cpu" or (rt.device == "auto" and not cuda)):
         raise ConfigError("--amp needs CUDA (bfloat16 autocast); drop --amp or use --device cuda")

@@ -4,8 +4,16 @@ RNG states, atomic checkpoints and the ops-backend switch. No training logic her
 from __future__ import annotations
 
 import contextlib
+import datetime
+import errno
+import fcntl
+import io
 import os
 import random
+import signal
+import socket
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +28,14 @@ import das_kernels
 
 __all__ = [
     "DistEnv",
+    "DistributedFailure",
+    "OutDirBusy",
+    "WriteFailure",
+    "checkpoint_candidates",
+    "comm_failure",
+    "dist_timeout_s",
+    "fault_point",
+    "lock_out_dir",
     "all_reduce_",
     "atomic_save",
     "atomic_write_text",
@@ -28,7 +44,9 @@ __all__ = [
     "deterministic",
     "get_rng_state",
     "init_distributed",
+    "UnreadableCheckpoint",
     "load_checkpoint",
+    "previous_path",
     "ops_backend",
     "resolve_device",
     "seed_everything",
@@ -86,9 +104,64 @@ def init_distributed(device: str = "auto") -> DistEnv:
         dev = torch.device("cuda", local_rank)
     if not dist.is_initialized():
         dist.init_process_group(
-            "nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world
+            "nccl" if dev.type == "cuda" else "gloo",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=dist_timeout_s()),
         )
     return DistEnv(rank, world, local_rank, dev)
+
+
+def dist_timeout_s() -> float:
+    """The collective timeout of a distributed run: ``DAS_DIST_TIMEOUT_S`` seconds (default
+    600). A rank that hangs makes the others fail after this long; a rank that dies makes
+    them fail at their next collective (gloo, nccl: the connection closes)."""
+    text = os.environ.get("DAS_DIST_TIMEOUT_S", "600")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"DAS_DIST_TIMEOUT_S must be a positive number of seconds, got {text!r}")
+    return value
+
+
+class DistributedFailure(RuntimeError):
+    """A collective of a distributed run failed: another rank died, hung or failed."""
+
+
+_COMM_MARKERS = (
+    "gloo",
+    "nccl",
+    "connection closed",
+    "connection reset",
+    "broken pipe",
+    "timed out",
+    "timeout",
+    "socket",
+)
+
+
+def comm_failure(exc: BaseException, env: DistEnv) -> DistributedFailure | None:
+    """`exc` as a :class:`DistributedFailure` naming this rank (and, with two ranks, the
+    other one) when it is a failed or timed-out collective of `env`'s process group; None
+    for any other error (and when the run has a single process)."""
+    if not env.distributed or isinstance(exc, DistributedFailure):
+        return None
+    dist_error = getattr(dist, "DistError", ())
+    text = str(exc)
+    if not (
+        (dist_error and isinstance(exc, dist_error))
+        or (isinstance(exc, RuntimeError) and any(m in text.lower() for m in _COMM_MARKERS))
+    ):
+        return None
+    peer = f"rank {1 - env.rank}" if env.world == 2 else "another rank"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return DistributedFailure(
+        f"rank {env.rank} of {env.world}: a collective operation failed: {peer} died, hung "
+        f"(collective timeout {dist_timeout_s():g} s, DAS_DIST_TIMEOUT_S) or failed; see its "
+        f"output. ({first})"
+    )
 
 
 def shutdown_distributed(env: DistEnv) -> None:
@@ -168,35 +241,224 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to ``path.tmp`` then ``os.replace``: a crash never leaves a torn file."""
+class WriteFailure(RuntimeError):
+    """A file of the run could not be written (a full disk, a read-only or vanished
+    ``--out``); the previous version of the file is intact. ``errno`` is the OSError's."""
+
+    def __init__(self, message: str, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _no_interrupt() -> Iterator[None]:
+    """SIGINT (Ctrl-C) waits until the block ends (main thread only): the renames that
+    swap a checkpoint in are never cut in half."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda sig, frame: caught.append(sig))
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
+
+
+def _write_durably(data: memoryview | bytes, tmp: Path, n: int) -> None:
+    """`data` into `tmp`, flushed and fsynced; the fault hook ``checkpoint-write:n`` fires
+    halfway."""
+    chunk = 1 << 20
+    with open(tmp, "wb") as f:
+        half = len(data) // 2
+        for start in range(0, len(data), chunk):
+            f.write(data[start : start + chunk])
+            if start <= half < start + chunk:
+                f.flush()
+                fault_point("checkpoint-write", n)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_save(obj: Any, path: str | Path, keep_previous: bool = False) -> None:
+    """torch.save `obj` to `path` atomically and durably: written to ``path.tmp``, fsynced,
+    renamed over `path` (``os.replace``) and the directory fsynced, so a crash, a kill or a
+    full disk never leaves a torn file. With `keep_previous` the file it replaces is kept
+    as ``<stem>.prev<suffix>`` (``checkpoint.prev.pt``). WriteFailure (naming the file and
+    saying the previous one is intact) when it cannot be written; the temp file is removed.
+    The fault hook ``DAS_FAULT_AT=checkpoint-write[:N]`` fires halfway through the N-th
+    write of this process, ``checkpoint-rotate[:N]`` between its two renames."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    n = _count("checkpoint-write")
+    try:
+        _write_durably(buf.getbuffer(), tmp, n)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            intact = f"; the previous {path.name} is intact" if path.exists() else ""
+            raise WriteFailure(
+                f"cannot write {path}: {exc.strerror or exc}{intact}", exc.errno
+            ) from exc
+        raise
+    with _no_interrupt():
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
+            fault_point("checkpoint-rotate", n)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+
+def previous_path(path: str | Path) -> Path:
+    """Where :func:`atomic_save` (`keep_previous`) keeps the file `path` replaced."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def checkpoint_candidates(path: str | Path) -> list[Path]:
+    """`path` and its previous version (``checkpoint.pt``, ``checkpoint.prev.pt``), newest
+    first, those that exist."""
+    path = Path(path)
+    return [p for p in (path, previous_path(path)) if p.is_file()]
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise WriteFailure(f"cannot write {path}: {exc.strerror or exc}", exc.errno) from exc
+
+
+class UnreadableCheckpoint(ValueError):
+    """A checkpoint file that torch cannot read (truncated, corrupt, not a torch file)."""
 
 
 def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
-    """Load a checkpoint written by das (`kind` ``search`` or ``train``), with clear errors."""
+    """Load a checkpoint written by das (`kind` ``search`` or ``train``), with clear errors:
+    FileNotFoundError, UnreadableCheckpoint (a ValueError) for a file torch cannot read,
+    ValueError for another kind of checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnreadableCheckpoint(
+            f"cannot read checkpoint {path} (truncated or corrupt?): {reason}"
+        ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
         found = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path} is not a das {kind} checkpoint (found {found!r})")
     return ckpt
+
+
+# ----------------------------------------------------------------------------- out-dir lock
+
+
+class OutDirBusy(RuntimeError):
+    """Another live process holds the lock of this ``--out``."""
+
+
+@contextlib.contextmanager
+def lock_out_dir(out: str | Path) -> Iterator[Path]:
+    """Hold ``OUT/.lock`` (an exclusive ``flock``) for the block: a second run into the
+    same ``--out`` raises OutDirBusy naming the holder. The kernel drops the lock when its
+    process dies, so a killed run never blocks a later ``--resume``."""
+    path = Path(out) / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise OutDirBusy(
+                f"--out {out} is in use by another das run ({holder}; lock {path}): wait for "
+                "it to finish, stop it, or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        try:
+            yield path
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- fault hook
+
+_COUNTS: dict[str, int] = {}
+
+
+def _count(name: str) -> int:
+    """How many times (1, 2, ...) `name` was reached in this process, this time included."""
+    _COUNTS[name] = _COUNTS.get(name, 0) + 1
+    return _COUNTS[name]
+
+
+_SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT, "TERM": signal.SIGTERM}
+
+
+def fault_point(name: str, index: int | None = None) -> None:
+    """Testing hook: signal this process at point `name` number `index` (by default: how
+    many times `name` was reached in this process, from 1) when ``DAS_FAULT_AT`` names it
+    (``name:N``, or ``name`` for the first time) and, when ``DAS_FAULT_RANK`` is set, this
+    is that rank (``RANK``). The signal is ``DAS_FAULT_SIGNAL``: ``KILL`` (default),
+    ``INT`` (as Ctrl-C) or ``TERM``. The points: ``step:N`` before search/train step N
+    (from 0, counted over the whole run), ``epoch:N`` after epoch N's steps (from 1),
+    before its evaluation and checkpoint, ``select:N`` before the N-th evaluation of
+    selection in this process, ``checkpoint-write:N`` halfway through writing this
+    process's N-th checkpoint, ``checkpoint-rotate:N`` between its two renames. Unset: one
+    dictionary look-up."""
+    want = os.environ.get("DAS_FAULT_AT")
+    if not want:
+        return
+    if index is None:
+        index = _count(f"fault:{name}")
+    if want == name:  # the first time this process reaches `name`
+        if _count(f"fault-first:{name}") != 1:
+            return
+    elif want != f"{name}:{index}":
+        return
+    rank = os.environ.get("DAS_FAULT_RANK")
+    if rank is not None and rank != os.environ.get("RANK", "0"):
+        return
+    which = os.environ.get("DAS_FAULT_SIGNAL", "KILL").upper()
+    print(f"DAS_FAULT_AT={want}: sending SIG{which} to myself", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), _SIGNALS.get(which, signal.SIGKILL))  # INT: KeyboardInterrupt here
 
 
 @contextlib.contextmanager

@@ -37,6 +37,7 @@ from das.runtime import (
     DistEnv,
     all_reduce_,
     broadcast_buffers,
+    fault_point,
     seed_everything,
     set_rng_state,
     synchronize,
@@ -257,6 +258,7 @@ class Searcher:
             dynamic_ncols=True,
         )
         for i in bar:
+            fault_point("step", self.epoch * self.steps_per_epoch + i)  # testing hook
             st = self.step(self.epoch * self.steps_per_epoch + i, arch=arch_on)
             if arch_on:
                 a_meter.update(st.arch_loss, st.arch_correct, st.arch_n)
@@ -269,6 +271,7 @@ class Searcher:
                 s_step=f"{(t_arch + t_weight) / (i + 1):.3f}",
             )
         bar.close()
+        fault_point("epoch", self.epoch + 1)
         n = self.steps_per_epoch
         totals = torch.tensor(
             [
@@ -373,6 +376,7 @@ class Searcher:
         )
 
         def acc() -> dict[str, float]:
+            fault_point("select")
             bar.update(1)
             return self.evaluate()
 

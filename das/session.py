@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -26,12 +29,17 @@ from das.data import BatchLoader, DataBundle, ImageSet, load_data
 from das.models import VideoNetwork, build_backbone
 from das.runtime import (
     DistEnv,
+    OutDirBusy,
+    UnreadableCheckpoint,
     atomic_save,
     atomic_write_text,
+    checkpoint_candidates,
+    comm_failure,
     deterministic,
     get_rng_state,
     init_distributed,
     load_checkpoint,
+    lock_out_dir,
     ops_backend,
     shutdown_distributed,
 )
@@ -266,29 +274,126 @@ def checkpoint_state(cfg: RunConfig, **state: Any) -> dict[str, Any]:
 
 
 def save_checkpoint(state: dict[str, Any], cfg: RunConfig, env: DistEnv) -> None:
-    """``OUT/checkpoint.pt`` (atomic, rank 0), then every rank waits for it."""
+    """``OUT/checkpoint.pt`` (atomic and fsynced, rank 0; the one it replaces kept as
+    ``OUT/checkpoint.prev.pt``), then every rank waits for it."""
     if env.is_main:
-        atomic_save(state, cfg.out / "checkpoint.pt")
+        atomic_save(state, cfg.out / "checkpoint.pt", keep_previous=True)
     env.barrier()
 
 
+@dataclass
+class Resumed:
+    """Which checkpoint ``--resume`` took (`path`), and those it skipped as unreadable."""
+
+    path: Path
+    unreadable: list[Path]
+
+
 def resume(cfg: RunConfig, env: DistEnv) -> tuple[RunConfig, dict[str, Any] | None]:
-    """With ``--resume`` and ``OUT/checkpoint.pt``: the checkpoint's config (with this
+    """With ``--resume`` and a checkpoint in ``OUT``: the checkpoint's config (with this
     command line's runtime settings, RuntimeConfig.FROM_COMMAND_LINE) and the checkpoint;
-    else `cfg` and None. ConfigError for a checkpoint das cannot resume."""
-    path = cfg.out / "checkpoint.pt"
+    else `cfg` and None. The checkpoint is ``OUT/checkpoint.pt`` or, when that is missing
+    or unreadable (truncated, corrupt), ``OUT/checkpoint.prev.pt`` with a warning.
+    ConfigError for a checkpoint das cannot resume, naming the file(s)."""
+    cfg, ckpt, _ = _resume(cfg, env)
+    return cfg, ckpt
+
+
+def _resume(
+    cfg: RunConfig, env: DistEnv
+) -> tuple[RunConfig, dict[str, Any] | None, Resumed | None]:
+    latest = cfg.out / "checkpoint.pt"
     if not cfg.runtime.resume:
-        return cfg, None
-    if not path.is_file():
+        return cfg, None, None
+    candidates = checkpoint_candidates(latest)
+    if not candidates:
         if env.is_main:
-            print(f"--resume: no checkpoint at {path}; starting a new run", file=sys.stderr)
-        return cfg, None
+            print(f"--resume: no checkpoint at {latest}; starting a new run", file=sys.stderr)
+        return cfg, None, None
+    unreadable: list[Path] = []
+    errors: list[str] = []
+    for path in candidates:
+        try:
+            ckpt = load_checkpoint(path, cfg.command)
+        except UnreadableCheckpoint as exc:
+            unreadable.append(path)
+            errors.append(str(exc))
+            continue
+        except ValueError as exc:
+            raise ConfigError(f"--resume: {exc}") from None
+        if env.is_main and path != latest:
+            why = f"{latest} is unreadable" if unreadable else f"there is no {latest.name}"
+            print(
+                f"--resume: warning: {why}; resuming from the previous checkpoint {path}",
+                file=sys.stderr,
+                flush=True,
+            )
+        saved = RunConfig.from_dict(ckpt.get("config"), where=f"--resume: {path}")
+        return saved.resumed_by(cfg.runtime), ckpt, Resumed(path, unreadable)
+    raise ConfigError("--resume: " + "; ".join(errors) + " (no readable checkpoint left)")
+
+
+def _set_aside(paths: list[Path]) -> None:
+    """Rename unreadable checkpoints to ``<name>.corrupt`` (kept for inspection), so the
+    next save does not keep them as the previous checkpoint."""
+    for path in paths:
+        aside = path.with_name(path.name + ".corrupt")
+        with contextlib.suppress(OSError):
+            os.replace(path, aside)
+            print(f"--resume: moved the unreadable {path.name} to {aside}", file=sys.stderr)
+
+
+def _prepare_out(cfg: RunConfig) -> None:
     try:
-        ckpt = load_checkpoint(path, cfg.command)
-    except ValueError as exc:
-        raise ConfigError(f"--resume: {exc}") from None
-    saved = RunConfig.from_dict(ckpt.get("config"), where=f"--resume: {path}")
-    return saved.resumed_by(cfg.runtime), ckpt
+        cfg.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot create {cfg.out}: {exc.strerror or exc}") from None
+    if not cfg.out.is_dir():
+        raise ConfigError(f"--out: {cfg.out} exists and is not a directory")
+
+
+@contextlib.contextmanager
+def _out_lock(cfg: RunConfig, env: DistEnv) -> Iterator[None]:
+    """Rank 0 holds ``OUT/.lock`` for the run; every rank learns whether it got it."""
+    holder: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    error: str | None = None
+    if env.is_main:
+        _prepare_out(cfg)
+        holder = lock_out_dir(cfg.out)
+        try:
+            holder.__enter__()
+        except OutDirBusy as exc:
+            error, holder = str(exc), contextlib.nullcontext()
+    if env.distributed:
+        flag = torch.tensor([0.0 if error else 1.0], device=env.device)
+        torch.distributed.broadcast(flag, src=0)
+        if error is None and flag.item() == 0.0:
+            error = f"--out {cfg.out} is in use by another das run (rank 0 could not lock it)"
+    if error is not None:
+        raise ConfigError(error)
+    try:
+        yield
+    finally:
+        holder.__exit__(None, None, None)
+
+
+def interrupted_message(command: str, out: Path | None, argv: Sequence[str] | None) -> str:
+    """What an interrupted (Ctrl-C) run prints: the checkpoint it keeps and how to resume."""
+    if out is None or command == "evaluate":
+        return f"das.{command}: interrupted"
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--resume" not in args:
+        args.append("--resume")
+    kept = checkpoint_candidates(Path(out) / "checkpoint.pt")
+    where = (
+        f"the last complete checkpoint is {kept[0]}"
+        if kept
+        else f"no checkpoint was written yet in {out}"
+    )
+    return (
+        f"das.{command}: interrupted; {where}. Continue with:\n"
+        f"  python -m das.{command} {' '.join(shlex.quote(a) for a in args)}"
+    )
 
 
 class Job(Protocol):
@@ -309,12 +414,24 @@ def run_job(
     ``make(cfg, env, checkpoint)`` under the ops backend and determinism of
     ``cfg.runtime``, its checkpoint state loaded, and ``job.run()``."""
     with process(cfg.runtime.device, cfg.runtime.threads, env) as env:
-        cfg, ckpt = resume(cfg, env)
-        if env.is_main:
-            cfg.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(json.dumps(cfg.to_dict(), indent=1) + "\n", cfg.out / "config.json")
-        with ops_backend(cfg.runtime.ops_backend), deterministic(cfg.runtime.deterministic):
-            job = make(cfg, env, ckpt)
-            if ckpt is not None:
-                job.load_state_dict(ckpt)
-            return job.run()
+        try:
+            with _out_lock(cfg, env):
+                cfg, ckpt, resumed = _resume(cfg, env)
+                if resumed is not None and resumed.unreadable:
+                    env.barrier()  # every rank has read its checkpoint
+                    if env.is_main:
+                        _set_aside(resumed.unreadable)
+                if env.is_main:
+                    _prepare_out(cfg)
+                    text = json.dumps(cfg.to_dict(), indent=1) + "\n"
+                    atomic_write_text(text, cfg.out / "config.json")
+                with ops_backend(cfg.runtime.ops_backend), deterministic(cfg.runtime.deterministic):
+                    job = make(cfg, env, ckpt)
+                    if ckpt is not None:
+                        job.load_state_dict(ckpt)
+                    return job.run()
+        except Exception as exc:
+            failure = comm_failure(exc, env)
+            if failure is None:
+                raise
+            raise failure from exc

@@ -34,6 +34,7 @@ from das.runtime import (
     all_reduce_,
     atomic_write_text,
     broadcast_buffers,
+    fault_point,
     seed_everything,
     set_rng_state,
     synchronize,
@@ -132,6 +133,7 @@ class Trainer:
         )
         self.network.train()
         for i, (x, y) in zip(bar, self.train_loader.epoch_batches(self.epoch)):
+            fault_point("step", self.step)  # testing hook (DAS_FAULT_AT)
             set_lr(self.opt, cosine_lr(self.step, self.total_steps, t.lr, t.lr_min))
             t0 = time.perf_counter()
             loss, correct = weight_step(
@@ -145,6 +147,7 @@ class Trainer:
                 loss=f"{meter.loss:.3f}", acc=f"{meter.acc:.3f}", s_step=f"{t_steps / (i + 1):.3f}"
             )
         bar.close()
+        fault_point("epoch", self.epoch + 1)
         totals = torch.tensor([meter.loss_sum, meter.correct, meter.n], dtype=torch.float64)
         all_reduce_([totals], self.env, average=False)
         return {
