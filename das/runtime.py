@@ -429,7 +429,12 @@ def _count(name: str) -> int:
     return _COUNTS[name]
 
 
-_SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT, "TERM": signal.SIGTERM}
+_SIGNALS = {
+    "KILL": signal.SIGKILL,
+    "INT": signal.SIGINT,
+    "TERM": signal.SIGTERM,
+    "STOP": signal.SIGSTOP,
+}
 
 
 def fault_point(name: str, index: int | None = None) -> None:
@@ -437,12 +442,13 @@ def fault_point(name: str, index: int | None = None) -> None:
     many times `name` was reached in this process, from 1) when ``DAS_FAULT_AT`` names it
     (``name:N``, or ``name`` for the first time) and, when ``DAS_FAULT_RANK`` is set, this
     is that rank (``RANK``). The signal is ``DAS_FAULT_SIGNAL``: ``KILL`` (default),
-    ``INT`` (as Ctrl-C) or ``TERM``. The points: ``step:N`` before search/train step N
-    (from 0, counted over the whole run), ``epoch:N`` after epoch N's steps (from 1),
-    before its evaluation and checkpoint, ``select:N`` before the N-th evaluation of
-    selection in this process, ``checkpoint-write:N`` halfway through writing this
-    process's N-th checkpoint, ``checkpoint-rotate:N`` between its two renames. Unset: one
-    dictionary look-up."""
+    ``INT`` (as Ctrl-C), ``TERM`` or ``STOP`` (a hung process).
+
+    The points: ``step:N`` before search/train step N (from 0, counted over the whole
+    run), ``epoch:N`` after epoch N's steps (from 1), before its evaluation and
+    checkpoint, ``select:N`` before the N-th evaluation of selection in this process,
+    ``checkpoint-write:N`` halfway through writing this process's N-th checkpoint,
+    ``checkpoint-rotate:N`` between its two renames. Unset: one dictionary look-up."""
     want = os.environ.get("DAS_FAULT_AT")
     if not want:
         return

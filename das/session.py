@@ -322,7 +322,7 @@ def _resume(
         except ValueError as exc:
             raise ConfigError(f"--resume: {exc}") from None
         if env.is_main and path != latest:
-            why = f"{latest} is unreadable" if unreadable else f"there is no {latest.name}"
+            why = "; ".join(errors) if unreadable else f"there is no {latest}"
             print(
                 f"--resume: warning: {why}; resuming from the previous checkpoint {path}",
                 file=sys.stderr,

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from das import cli, session
 from das.cell import Genotype
-from das.config import RunConfig
-from das.data import DataBundle
+from das.config import ConfigError, RunConfig
+from das.data import DataBundle, DataError
 from das.engine import Meter, cosine_lr, evaluate, make_sgd, set_lr, weight_step
 from das.report import plot_curves, write_log
 from das.runtime import (
@@ -225,7 +225,12 @@ def run_train(
 
         path = cfg.train.checkpoint or str(cfg.out / "checkpoint.pt")
         with session.process(cfg.runtime.device, cfg.runtime.threads, env) as env:
-            return evaluate_checkpoint(path, cfg.runtime.device, env=env)
+            try:
+                return evaluate_checkpoint(path, cfg.runtime.device, env=env)
+            except ValueError as exc:  # unreadable, not a train checkpoint, bad config
+                if isinstance(exc, (ConfigError, DataError)):
+                    raise
+                raise ConfigError(f"--eval-only: {exc}") from None
 
     def make(cfg: RunConfig, env: DistEnv, ckpt: dict[str, Any] | None) -> Trainer:
         saved = ckpt["genotype"] if ckpt else None
