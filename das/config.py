@@ -380,7 +380,8 @@ def _check_train(cfg: RunConfig) -> None:
     if t.seeds is not None or t.jobs > 1:
         raise ConfigError("--seeds and --jobs are options of --ablation")
     if t.variant in NEEDS_GENOTYPE and t.genotype is None:
-        resumable = cfg.runtime.resume and (cfg.out / "checkpoint.pt").is_file()
+        saved = [cfg.out / "checkpoint.pt", cfg.out / "checkpoint.prev.pt"]
+        resumable = cfg.runtime.resume and any(p.is_file() for p in saved)
         if not resumable:
             raise ConfigError(
                 f"--variant {t.variant} needs --genotype (a genotype.json from "

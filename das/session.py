@@ -11,6 +11,7 @@ CPU threads) with the configured ops backend and determinism.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shlex
@@ -31,6 +32,7 @@ from das.runtime import (
     DistEnv,
     OutDirBusy,
     UnreadableCheckpoint,
+    WriteFailure,
     atomic_save,
     atomic_write_text,
     checkpoint_candidates,
@@ -409,10 +411,12 @@ def run_job(
     env: DistEnv | None,
     make: Callable[[RunConfig, DistEnv, dict[str, Any] | None], Job],
 ) -> Any:
-    """Set up and run one job: process group and threads, resume (``--resume``), the
-    output directory with ``config.json`` (the run's RunConfig), then
+    """Set up and run one job: process group and threads, the output directory and its
+    lock (``OUT/.lock``, held until the job ends; ConfigError when another run holds it),
+    resume (``--resume``), ``config.json`` (the run's RunConfig), then
     ``make(cfg, env, checkpoint)`` under the ops backend and determinism of
-    ``cfg.runtime``, its checkpoint state loaded, and ``job.run()``."""
+    ``cfg.runtime``, its checkpoint state loaded, and ``job.run()``. A full disk becomes a
+    WriteFailure, a failed collective a DistributedFailure naming the rank."""
     with process(cfg.runtime.device, cfg.runtime.threads, env) as env:
         try:
             with _out_lock(cfg, env):
@@ -430,8 +434,20 @@ def run_job(
                     if ckpt is not None:
                         job.load_state_dict(ckpt)
                     return job.run()
+        except OSError as exc:
+            if exc.errno not in _NO_ROOM:
+                raise
+            where = exc.filename or cfg.out
+            raise WriteFailure(
+                f"cannot write {where}: {exc.strerror}; the last complete checkpoint in "
+                f"{cfg.out} is intact (--resume once there is room)",
+                exc.errno,
+            ) from exc
         except Exception as exc:
             failure = comm_failure(exc, env)
             if failure is None:
                 raise
             raise failure from exc
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)

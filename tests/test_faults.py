@@ -185,6 +185,8 @@ def test_search_killed_at_each_point_resumes_bit_for_bit(search_ref, work):
 
 
 def test_train_killed_resumes_bit_for_bit(train_ref, genotype, work):
+    """SIGKILL in epoch 2, halfway through epoch 2's checkpoint, between its renames;
+    --resume (at last with nothing but --out) ends like the uninterrupted run."""
     out = work / "train_chain"
     args = [*TRAIN, "--genotype", str(genotype), "--out", str(out)]
     _killed(_run("train", args, DAS_FAULT_AT="step:8"), "step:8")  # in epoch 2
@@ -193,7 +195,16 @@ def test_train_killed_resumes_bit_for_bit(train_ref, genotype, work):
         _run("train", [*args, "--resume"], DAS_FAULT_AT="checkpoint-write:1"), "checkpoint-write:1"
     )
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 6
-    _ok(_run("train", [*args, "--resume"]))
+    _killed(
+        _run("train", [*args, "--resume"], DAS_FAULT_AT="checkpoint-rotate:1"),
+        "checkpoint-rotate:1",
+    )
+    assert not (out / "checkpoint.pt").exists()
+    # the genotype, like everything else, comes from the (previous) checkpoint; --threads
+    # does not (a runtime setting), and a different thread count changes the float sums
+    proc = _run("train", ["--out", str(out), "--resume", "--no-progress", "--threads", "1"])
+    _ok(proc)
+    assert "resuming from the previous checkpoint" in proc.stderr
     _same_train(train_ref, out)
 
 
@@ -500,3 +511,18 @@ def test_fault_point_is_inert_unless_named(monkeypatch):
     fault_point("select")
     monkeypatch.setenv("DAS_FAULT_RANK", "1")
     fault_point("step", 5)  # another rank's fault (RANK unset = rank 0)
+
+
+def test_full_disk_while_writing_the_report_exits_1(tmp_path, monkeypatch, capsys):
+    """ENOSPC from any write of the run (here the report): exit 1, one line naming the file."""
+
+    def no_room(searcher, result):
+        raise OSError(28, "No space left on device", str(searcher.out / "tau.png"))
+
+    monkeypatch.setattr(search, "write_search_report", no_room)
+    out = tmp_path / "s"
+    assert search.main([*SEARCH, "--epochs", "1", "--select", "argmax", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: cannot write {out / 'tau.png'}: No space left on device" in err
+    assert "Traceback" not in err
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["stage"] == "done"
