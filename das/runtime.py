@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -361,13 +362,30 @@ class UnreadableCheckpoint(ValueError):
     """A checkpoint file that torch cannot read (truncated, corrupt, not a torch file)."""
 
 
+def _zip_damage(path: Path) -> str | None:
+    """What is wrong with the zip records of a torch checkpoint (their CRC-32s, which
+    torch.load does not check: a flipped byte in a tensor would load silently), or None
+    (also for files that are not zips: torch.load judges those)."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except Exception as exc:  # a damaged header
+        return f"{type(exc).__name__}: {exc}"
+    return None if bad is None else f"the CRC-32 of its record {bad} does not match its data"
+
+
 def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
     """Load a checkpoint written by das (`kind` ``search`` or ``train``), with clear errors:
-    FileNotFoundError, UnreadableCheckpoint (a ValueError) for a file torch cannot read,
-    ValueError for another kind of checkpoint."""
+    FileNotFoundError, UnreadableCheckpoint (a ValueError) for a file torch cannot read or
+    whose records fail their CRC-32 check, ValueError for another kind of checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    damage = _zip_damage(path)
+    if damage is not None:
+        raise UnreadableCheckpoint(f"cannot read checkpoint {path} (corrupt): {damage}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:

@@ -278,13 +278,17 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(
     _same_search(search_ref, out)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "bitflip"])
 def test_unreadable_checkpoints_exit_2_naming_both(search_mid_selection, work, damage, capsys):
     out = _copy(search_mid_selection, work / f"both_{damage}")
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):
         path = out / name
         if damage == "truncate":
             _truncate(path)
+        elif damage == "bitflip":  # one byte in the middle: in a tensor's data
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0x10
+            path.write_bytes(bytes(data))
         else:
             path.write_bytes(b"" if damage == "empty" else os.urandom(4096))
     with pytest.raises(SystemExit) as exc:
