@@ -356,27 +356,24 @@ def _prepare_out(cfg: RunConfig) -> None:
 
 @contextlib.contextmanager
 def _out_lock(cfg: RunConfig, env: DistEnv) -> Iterator[None]:
-    """Rank 0 holds ``OUT/.lock`` for the run; every rank learns whether it got it."""
-    holder: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    error: str | None = None
-    if env.is_main:
-        _prepare_out(cfg)
-        holder = lock_out_dir(cfg.out)
-        try:
-            holder.__enter__()
-        except OutDirBusy as exc:
-            error, holder = str(exc), contextlib.nullcontext()
-    if env.distributed:
-        flag = torch.tensor([0.0 if error else 1.0], device=env.device)
-        torch.distributed.broadcast(flag, src=0)
-        if error is None and flag.item() == 0.0:
-            error = f"--out {cfg.out} is in use by another das run (rank 0 could not lock it)"
-    if error is not None:
-        raise ConfigError(error)
-    try:
+    """Rank 0 holds ``OUT/.lock`` for the block; every rank learns whether it got it
+    (ConfigError naming the holder when another run has it)."""
+    with contextlib.ExitStack() as stack:
+        error: str | None = None
+        if env.is_main:
+            _prepare_out(cfg)
+            try:
+                stack.enter_context(lock_out_dir(cfg.out))
+            except OutDirBusy as exc:
+                error = str(exc)
+        if env.distributed:
+            flag = torch.tensor([0.0 if error else 1.0], device=env.device)
+            torch.distributed.broadcast(flag, src=0)
+            if error is None and flag.item() == 0.0:
+                error = f"--out {cfg.out} is in use by another das run (rank 0 could not lock it)"
+        if error is not None:
+            raise ConfigError(error)
         yield
-    finally:
-        holder.__exit__(None, None, None)
 
 
 def interrupted_message(command: str, out: Path | None, argv: Sequence[str] | None) -> str:
@@ -387,11 +384,12 @@ def interrupted_message(command: str, out: Path | None, argv: Sequence[str] | No
     if "--resume" not in args:
         args.append("--resume")
     kept = checkpoint_candidates(Path(out) / "checkpoint.pt")
-    where = (
-        f"the last complete checkpoint is {kept[0]}"
-        if kept
-        else f"no checkpoint was written yet in {out}"
-    )
+    if kept:
+        where = f"the last complete checkpoint is {kept[0]}"
+    elif next(Path(out).glob("*/*/checkpoint*.pt"), None) is not None:  # an ablation's runs
+        where = f"the runs' last complete checkpoints are kept under {out}"
+    else:
+        where = f"no checkpoint was written yet in {out}"
     return (
         f"das.{command}: interrupted; {where}. Continue with:\n"
         f"  python -m das.{command} {' '.join(shlex.quote(a) for a in args)}"
