@@ -16,6 +16,7 @@ from das.cell import SEARCH_SPACES
 from das.config import ConfigError, EvalConfig, RunConfig, check, check_eval
 from das.data import FORMATS, DataError
 from das.models import ARCHS, FUSIONS
+from das.models.memory import MEMORY_MODES
 from das.variants import VARIANTS
 
 __all__ = [
@@ -186,6 +187,14 @@ def add_runtime_args(p: argparse.ArgumentParser, out_default: str, resume_help: 
         default="fused",
         help="das_kernels ops: fused (fastest available backend; default) or "
         "reference (pure PyTorch, for speed comparisons)",
+    )
+    g.add_argument(
+        "--memory",
+        choices=MEMORY_MODES,
+        default="normal",
+        help="lean: backbone blocks recomputed in the backward and evaluation in chunks of "
+        "--batch-size images (the same numbers, a fraction of the activation memory, about "
+        "a third more compute per training step; default normal)",
     )
     g.add_argument(
         "--threads",
