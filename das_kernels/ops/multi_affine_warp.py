@@ -4,6 +4,14 @@ Registered op (canonical layout, all checks done by the public wrapper):
     x (B, Tx, C, H, W) with Tx in {1, T}; theta (B, K, T, 2, 3) and weights (B, K) in the
     compute dtype (fp32, fp64 for fp64 x), contiguous -> out (B, T, C, out_h, out_w).
 The backward is its own op and recomputes the samples from (x, theta, weights).
+
+Backends: ``triton`` calls ``das_kernels.triton.multi_affine_warp.<name>`` and
+``cuda``/``cpp`` call ``torch.ops.das_native.<name>`` for ``<name>`` in
+``multi_affine_warp_forward(x, theta, weights, out_h, out_w)`` and
+``multi_affine_warp_backward(grad_out, x, theta, weights, need_x, deterministic) ->
+(grad_x, grad_theta, grad_weights)`` (grad_x zeros when not need_x; deterministic:
+``torch.are_deterministic_algorithms_enabled()``); ``reference`` runs
+``das_kernels.reference``.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import torch
 
 from das_kernels import reference
 from das_kernels.ops._common import (
+    backend_impls,
     check_same_device,
     check_tensor,
     compute_dtype,
@@ -28,46 +37,12 @@ OP = "multi_affine_warp"
 register_op_name(OP)
 
 
-def _native_forward(x, theta, weights, out_h, out_w):
-    return torch.ops.das_native.multi_affine_warp_forward(x, theta, weights, out_h, out_w)
-
-
-def _native_backward(grad_out, x, theta, weights, need_x):
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    return torch.ops.das_native.multi_affine_warp_backward(
-        grad_out, x, theta, weights, need_x, deterministic
-    )
-
-
-def _triton_forward(x, theta, weights, out_h, out_w):
-    from das_kernels.triton import multi_affine_warp as kernels
-
-    return kernels.forward(x, theta, weights, out_h, out_w)
-
-
-def _triton_backward(grad_out, x, theta, weights, need_x):
-    from das_kernels.triton import multi_affine_warp as kernels
-
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    return kernels.backward(grad_out, x, theta, weights, need_x, deterministic)
-
-
-def _reference_backward(grad_out, x, theta, weights, need_x):
+def _reference_backward(grad_out, x, theta, weights, need_x, deterministic):
     return reference.multi_affine_warp_backward(grad_out, x, theta, weights)
 
 
-FORWARD = {
-    "triton": _triton_forward,
-    "cuda": _native_forward,
-    "cpp": _native_forward,
-    "reference": reference.multi_affine_warp,
-}
-BACKWARD = {
-    "triton": _triton_backward,
-    "cuda": _native_backward,
-    "cpp": _native_backward,
-    "reference": _reference_backward,
-}
+FORWARD = backend_impls("multi_affine_warp_forward", OP, reference.multi_affine_warp)
+BACKWARD = backend_impls("multi_affine_warp_backward", OP, _reference_backward)
 
 
 @torch.library.custom_op("das_kernels::multi_affine_warp", mutates_args=())
@@ -91,8 +66,9 @@ def _warp_backward(
     weights: torch.Tensor,
     need_x: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    deterministic = torch.are_deterministic_algorithms_enabled()
     grad_x, grad_theta, grad_weights = dispatch(OP, x.device, BACKWARD)(
-        grad_out.contiguous(), x, theta, weights, need_x
+        grad_out.contiguous(), x, theta, weights, need_x, deterministic
     )
     return grad_x.to(x.dtype), grad_theta, grad_weights
 
