@@ -17,7 +17,7 @@ from das.config import ConfigError, EvalConfig, RunConfig, check, check_eval
 from das.data import FORMATS, DataError
 from das.models import ARCHS, FUSIONS
 from das.models.memory import MEMORY_MODES
-from das.variants import VARIANTS
+from das.variants import DEFAULT_ABLATION, VARIANTS
 
 __all__ = [
     "HelpFormatter",
@@ -342,7 +342,9 @@ def _train_parser() -> argparse.ArgumentParser:
         help="train every variant of --variants and write ablation.md/json",
     )
     g.add_argument(
-        "--variants", default=",".join(VARIANTS), help="comma list of variants for --ablation"
+        "--variants",
+        default=",".join(DEFAULT_ABLATION),
+        help=f"comma list of variants for --ablation, from {', '.join(VARIANTS)}",
     )
     g.add_argument(
         "--fusions",

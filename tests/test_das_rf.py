@@ -135,3 +135,18 @@ def test_bootstrap_interval_contains_the_value():
     out = bootstrap(maps, rf_metrics, samples=50)
     for value, lo, hi in out.values():
         assert lo <= hi and (lo <= value <= hi or math.isinf(value))
+
+
+def test_table4_baselines_widen_the_theoretical_field():
+    from das.variants import build_network
+
+    def field(variant: str) -> int:
+        net = build_network(variant, None, 1, "none", 10, 3, 32)
+        assert net.cell is None and net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+        return theoretical_rf(layer_specs(net.backbone))
+
+    baseline, bigkernel, dilated = field("baseline"), field("bigkernel"), field("dilated")
+    assert bigkernel > baseline and dilated > baseline
+    # resnet_tiny, cifar stem: a 5x5 instead of 3x3 adds 2 x (its input's jump); the widened
+    # convolutions sit at jumps 1, 1, 1, 2 and the dilated ones (5 effective) at 2, 4, 4, 8
+    assert (baseline, bigkernel, dilated) == (49, 49 + 2 * 5, 49 + 2 * 18)
