@@ -9,23 +9,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from das_testing import saved_bytes
 
 from das.cell import DASCell
 from das.models import VideoNetwork, build_backbone
 from das.models.segmentation import SegmentationNetwork
-
-
-def _saved_bytes(fn) -> int:
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
 
 
 def _pair(fusion: str, frames: int = 4):
@@ -61,7 +49,7 @@ def test_lean_gives_identical_losses_gradients_and_statistics(fusion):
 def test_lean_saves_a_fraction_of_the_activations():
     normal, lean = _pair("gsf", frames=8)
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
-    ratio = _saved_bytes(lambda: _step(lean, x, y)) / _saved_bytes(lambda: _step(normal, x, y))
+    ratio = saved_bytes(lambda: _step(lean, x, y)) / saved_bytes(lambda: _step(normal, x, y))
     assert ratio < 0.35, ratio
 
 
