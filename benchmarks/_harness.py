@@ -68,7 +68,7 @@ def gpu_peak_bytes(fn: Callable[[], Any], device: torch.device | str) -> int:
     return torch.cuda.max_memory_allocated(device) - before
 
 
-def _status_kb(field: str) -> int:
+def status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
@@ -79,9 +79,9 @@ def report_cpu_peak(fn: Callable[[], Any]) -> None:
     """In a child process: print the rise of peak RSS during one call of `fn` for the parent."""
     fn()  # warm-up: lazy inits, thread pools, JIT builds
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     fn()
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     print(f"{PEAK_MARKER} {(peak - before) * 1024}", flush=True)
 
 

@@ -20,6 +20,14 @@ on CUDA the peak memory a step allocates above what was allocated before it (act
 gradients, workspaces; parameters and optimiser states are the same for both). A table, and
 JSON (``--json``).
 
+``--sweep`` measures memory against T: for every ``--frames`` value (default 4 8 16 32),
+``--memory`` mode (default normal lean) and backend, a fresh process builds the searcher,
+runs a warm-up step, then ``--steps`` timed steps, and reports the median seconds per step
+and the peak memory of a step (CPU: the rise of the process's peak RSS during the timed
+steps; CUDA: max_memory_allocated above what was allocated before them); the table adds
+each mode's growth per added frame and the ratios the lean target is judged by (T=32 lean
+fused peak against T=8 normal reference peak; lean time against normal at the same T).
+
 ``--profile`` (CPU) profiles one more step per backend with ``torch.profiler`` and reports
 the share of its self CPU time spent in convolutions and in BatchNorm, which das_kernels
 does not replace, and the Amdahl bound they set: the fused/reference ratio if everything
@@ -30,7 +38,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -50,12 +60,19 @@ QUICK = dict(arch="resnet_tiny", batch_size=8, frames=4, image_size=16)
 
 
 def search_argv(
-    arch: str, batch_size: int, frames: int, image_size: int, device: str, amp: bool, order: int
+    arch: str,
+    batch_size: int,
+    frames: int,
+    image_size: int,
+    device: str,
+    amp: bool,
+    order: int,
+    memory: str = "normal",
 ) -> list[str]:
     """The ``python -m das.search`` arguments of the benchmarked configuration."""
     argv = ["--data", "digits", "--image-size", str(image_size), "--frames", str(frames)]
     argv += ["--arch", arch, "--fusion", "gsf", "--batch-size", str(batch_size)]
-    argv += ["--order", str(order), "--device", device, "--no-progress"]
+    argv += ["--order", str(order), "--device", device, "--no-progress", "--memory", memory]
     return argv + (["--amp"] if amp else [])
 
 
@@ -149,6 +166,99 @@ def measure(
     return rows
 
 
+def sweep_child(spec: dict[str, Any]) -> None:
+    """In a fresh process: one (T, memory, backend) configuration's step time and peak."""
+    with tempfile.TemporaryDirectory() as out:
+        s = make_searcher(spec["argv"], spec["backend"], out)
+        cuda = s.dev.type == "cuda"
+        timed_step(s, spec["backend"], 0)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(s.dev)
+            before = torch.cuda.memory_allocated(s.dev)
+        else:
+            Path("/proc/self/clear_refs").write_text("5")
+            before = H.status_kb("VmRSS") * 1024
+        times = [sum(timed_step(s, spec["backend"], i)[:2]) for i in range(1, 1 + spec["steps"])]
+        if cuda:
+            peak = torch.cuda.max_memory_allocated(s.dev) - before
+        else:
+            peak = H.status_kb("VmHWM") * 1024 - before
+    print(f"{H.PEAK_MARKER} {peak} {statistics.median(times)}", flush=True)
+
+
+def sweep(args: argparse.Namespace, config: dict[str, Any], device: str, steps: int) -> int:
+    """``--sweep``: step time and peak memory per T, memory mode and backend."""
+    rows = []
+    for memory in args.memory:
+        for frames in args.frames:
+            for backend in args.backends:
+                run = {**config, "frames": frames}
+                run_argv = search_argv(**run, device=device, amp=args.amp, order=args.order,
+                                       memory=memory)  # fmt: skip
+                spec = {"argv": run_argv, "backend": backend, "steps": steps}
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--child", json.dumps(spec)],
+                    capture_output=True, text=True, check=False,
+                )  # fmt: skip
+                line = next(
+                    (x for x in proc.stdout.splitlines()[::-1] if x.startswith(H.PEAK_MARKER)),
+                    None,
+                )
+                if line is None:
+                    sys.stderr.write(f"sweep child failed ({spec}):\n{proc.stderr[-2000:]}\n")
+                    continue
+                peak, seconds = int(line.split()[1]), float(line.split()[2])
+                rows.append(
+                    dict(
+                        memory=memory,
+                        frames=frames,
+                        backend=backend,
+                        s_per_step=seconds,
+                        peak_bytes=peak,
+                        peak=H.fmt_bytes(peak),
+                    )
+                )
+                print(f"  {memory:<6} T={frames:<3} {backend:<9} {seconds:8.2f} s/step "
+                      f"peak {H.fmt_bytes(peak)}", flush=True)  # fmt: skip
+    by_key = {(r["memory"], r["frames"], r["backend"]): r for r in rows}
+    for r in rows:
+        normal = by_key.get(("normal", r["frames"], r["backend"]))
+        if normal is not None and r["memory"] == "lean":
+            r["time_vs_normal"] = r["s_per_step"] / normal["s_per_step"]
+            r["mem_vs_normal"] = r["peak_bytes"] / normal["peak_bytes"]
+    growth = {}
+    for memory, backend in {(r["memory"], r["backend"]) for r in rows}:
+        series = sorted((r["frames"], r["peak_bytes"]) for r in rows
+                        if r["memory"] == memory and r["backend"] == backend)  # fmt: skip
+        if len(series) > 1:
+            (t0, p0), (t1, p1) = series[0], series[-1]
+            growth[f"{memory}/{backend}"] = (p1 - p0) / (t1 - t0)
+    print()
+    H.print_table(rows, ["memory", "frames", "backend", "s_per_step", "time_vs_normal",
+                         "peak", "mem_vs_normal"])  # fmt: skip
+    for name, per_frame in sorted(growth.items()):
+        print(f"growth per added frame, {name}: {H.fmt_bytes(per_frame)}")
+    target = None
+    lean32, ref8 = by_key.get(("lean", 32, "fused")), by_key.get(("normal", 8, "reference"))
+    if lean32 and ref8:
+        target = lean32["peak_bytes"] / ref8["peak_bytes"]
+        print(f"T=32 lean fused peak / T=8 normal reference peak: {target:.2f} (target <= 1)")
+    H.write_json(
+        args.json or f"benchmarks/results/bench_search_step_sweep_{device}.json",
+        {
+            "benchmark": "das_search_step_memory_sweep",
+            "device": device,
+            "config": {**config, "order": args.order, "amp": args.amp, "fusion": "gsf"},
+            "steps": steps,
+            "environment": H.environment(),
+            "rows": rows,
+            "growth_bytes_per_frame": growth,
+            "lean32_fused_vs_normal8_reference": target,
+        },
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -157,7 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
     parser.add_argument("--arch", default=None, help=f"backbone (default {FULL['arch']})")
     parser.add_argument("--batch-size", type=int, default=None, help="default 32")
-    parser.add_argument("--frames", type=int, default=None, help="T (default 8)")
+    parser.add_argument(
+        "--frames", type=int, nargs="+", default=None, help="T (default 8; --sweep 4 8 16 32)"
+    )
+    parser.add_argument(
+        "--memory", nargs="+", choices=("normal", "lean"), default=None,
+        help="--memory of the searcher (default normal; --sweep normal lean)",
+    )  # fmt: skip
+    parser.add_argument("--sweep", action="store_true", help="peak memory and time against T")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--image-size", type=int, default=None, help="default 32")
     parser.add_argument("--order", type=int, choices=(1, 2), default=1, help="DARTS order")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (CPU 3, CUDA 20)")
@@ -179,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         help="output path (default benchmarks/results/bench_search_step_<device>.json)",
     )
     args = parser.parse_args(argv)
+    if args.child:
+        sweep_child(json.loads(args.child))
+        return 0
 
     device = (
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -193,10 +314,20 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     base = QUICK if args.quick else FULL
     config = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in base.items()}
+    if args.sweep:
+        args.frames = args.frames or [4, 8, 16, 32]
+        args.memory = args.memory or ["normal", "lean"]
+        config.pop("frames")
+        return sweep(args, config, device, args.steps or (5 if device == "cuda" else 2))
+    if len(config["frames"] if isinstance(config["frames"], list) else [0]) > 1:
+        parser.error("several --frames values need --sweep")
+    if isinstance(config["frames"], list):
+        config["frames"] = config["frames"][0]
+    memory = (args.memory or ["normal"])[0]
     steps = args.steps or (20 if device == "cuda" else 3)
     warmup = args.warmup if args.warmup is not None else (3 if device == "cuda" else 1)
     warmup = max(warmup, 1)  # the first step (JIT builds, autotuning) is never timed
-    run_argv = search_argv(**config, device=device, amp=args.amp, order=args.order)
+    run_argv = search_argv(**config, device=device, amp=args.amp, order=args.order, memory=memory)
     print(
         f"device {device}; search step of {config} order {args.order}"
         f"{' amp' if args.amp else ''}; {warmup} warm-up + {steps} timed steps; "

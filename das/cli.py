@@ -17,8 +17,9 @@ from das.cell import SEARCH_SPACES
 from das.config import ConfigError, EvalConfig, RunConfig, check, check_eval
 from das.data import FORMATS, DataError
 from das.models import ARCHS, FUSIONS
+from das.models.memory import MEMORY_MODES
 from das.runtime import DistributedFailure, WriteFailure
-from das.variants import VARIANTS
+from das.variants import DEFAULT_ABLATION, VARIANTS
 
 __all__ = [
     "HelpFormatter",
@@ -190,6 +191,14 @@ def add_runtime_args(p: argparse.ArgumentParser, out_default: str, resume_help: 
         "reference (pure PyTorch, for speed comparisons)",
     )
     g.add_argument(
+        "--memory",
+        choices=MEMORY_MODES,
+        default="normal",
+        help="lean: backbone blocks recomputed in the backward and evaluation in chunks of "
+        "--batch-size images (the same numbers, a fraction of the activation memory, about "
+        "a third more compute per training step; default normal)",
+    )
+    g.add_argument(
         "--threads",
         type=positive_int,
         default=None,
@@ -335,7 +344,9 @@ def _train_parser() -> argparse.ArgumentParser:
         help="train every variant of --variants and write ablation.md/json",
     )
     g.add_argument(
-        "--variants", default=",".join(VARIANTS), help="comma list of variants for --ablation"
+        "--variants",
+        default=",".join(DEFAULT_ABLATION),
+        help=f"comma list of variants for --ablation, from {', '.join(VARIANTS)}",
     )
     g.add_argument(
         "--fusions",

@@ -130,6 +130,7 @@ class RuntimeConfig:
     device: str
     amp: bool
     ops_backend: str
+    memory: str  # normal | lean (das.models.memory): the same numbers, less memory
     threads: int | None
     deterministic: bool
     no_progress: bool
@@ -142,6 +143,7 @@ class RuntimeConfig:
         "no_progress",
         "threads",
         "ops_backend",
+        "memory",
         "resume",
     )
 

@@ -119,8 +119,10 @@ def evaluate(
     batches: Iterator[tuple[Tensor, Tensor]],
     env: DistEnv,
     amp: bool = False,
+    chunk: int | None = None,
 ) -> dict[str, float]:
-    """Loss/accuracy of `network` (eval mode, restored afterwards) summed over all ranks."""
+    """Loss/accuracy of `network` (eval mode, restored afterwards) summed over all ranks.
+    ``chunk``: run the network on at most that many images at once (the same logits)."""
     was_training = network.training
     network.eval()
     t0 = time.perf_counter()
@@ -128,7 +130,8 @@ def evaluate(
     try:
         for x, y in batches:
             with autocast(x.device, amp):
-                logits = network(x)
+                parts = x.split(chunk) if chunk else (x,)
+                logits = torch.cat([network(part) for part in parts])
             loss, correct = loss_and_correct(logits, y)
             totals += torch.tensor(
                 [float(loss) * len(y), float(correct), len(y)], dtype=torch.float64

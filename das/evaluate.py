@@ -49,7 +49,8 @@ def evaluate_checkpoint(
             network = session.variant_network(cfg, genotype, meta, aspect).to(env.device)
             network.load_state_dict(ckpt["network"])
             loader = session.eval_loader(bundle.val, batch_size, meta.mean, meta.std, env)
-            ev = evaluate(network, loader.epoch_batches(0), env, cfg.runtime.amp)
+            chunk = session.eval_chunk(cfg)
+            ev = evaluate(network, loader.epoch_batches(0), env, cfg.runtime.amp, chunk)
         assert cfg.train is not None
         result = {
             "checkpoint": str(path),

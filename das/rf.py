@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
@@ -194,3 +195,14 @@ def bootstrap(
         lo, hi = ordered[int(0.025 * (samples - 1))], ordered[int(0.975 * (samples - 1))]
         out[k] = (v, lo, hi)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m das.rf CKPT [CKPT ...] --out DIR`` (see :mod:`das.rf_report`)."""
+    from das.rf_report import main as run
+
+    return run(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -298,7 +298,8 @@ class Searcher:
 
     def evaluate(self) -> dict[str, float]:
         broadcast_buffers(self.backbone, self.env)
-        return evaluate(self.network, self.eval_loader.epoch_batches(0), self.env, self.amp)
+        batches = self.eval_loader.epoch_batches(0)
+        return evaluate(self.network, batches, self.env, self.amp, session.eval_chunk(self.cfg))
 
     def _tau_row(self) -> dict[str, Any]:
         with torch.no_grad():

@@ -27,7 +27,7 @@ from torch import nn
 from das.cell import DASCell, Genotype, random_genotype
 from das.config import ConfigError, DataConfig, RunConfig
 from das.data import BatchLoader, DataBundle, ImageSet, load_data
-from das.models import VideoNetwork, build_backbone
+from das.models import VideoNetwork, VideoResNet, build_backbone
 from das.runtime import (
     DistEnv,
     OutDirBusy,
@@ -212,7 +212,20 @@ def search_network(cfg: RunConfig, bundle: DataBundle) -> VideoNetwork:
         image_size=bundle.image_size,
         width_mult=model.width_mult,
     )
-    return VideoNetwork(das_cell, backbone)
+    return with_memory(VideoNetwork(das_cell, backbone), cfg.runtime.memory)
+
+
+def with_memory(network: nn.Module, mode: str) -> nn.Module:
+    """`network` with every video backbone in it set to ``--memory`` `mode`."""
+    for module in network.modules():
+        if isinstance(module, VideoResNet):
+            module.memory = mode
+    return network
+
+
+def eval_chunk(cfg: RunConfig) -> int | None:
+    """Images per forward pass in evaluation: ``--batch-size`` when lean, else the batch."""
+    return cfg.batch_size if cfg.runtime.memory == "lean" else None
 
 
 def train_genotype(cfg: RunConfig) -> Genotype | None:
@@ -232,7 +245,7 @@ def variant_network(
     """The network of ``cfg.train.variant`` (see :mod:`das.variants`)."""
     assert cfg.train is not None
     model = cfg.model
-    return build_network(
+    network = build_network(
         cfg.train.variant,
         genotype,
         frames=model.frames or (genotype.frames if genotype else 4),
@@ -246,6 +259,7 @@ def variant_network(
         aspect=aspect,
         pixel_stats=(meta.mean, meta.std),
     )
+    return with_memory(network, cfg.runtime.memory)
 
 
 def distribute(module: nn.Module, env: DistEnv) -> nn.Module:

@@ -113,7 +113,8 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         broadcast_buffers(self.network, self.env)
-        return evaluate(self.network, self.val_loader.epoch_batches(0), self.env, self.amp)
+        batches = self.val_loader.epoch_batches(0)
+        return evaluate(self.network, batches, self.env, self.amp, session.eval_chunk(self.cfg))
 
     def _done(self) -> bool:
         return self.epoch >= self.settings.epochs or self.step >= self.total_steps

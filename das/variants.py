@@ -9,6 +9,9 @@
 * ``replica``: T identical frames (the image repeated) + fusion: same compute, no transform.
 * ``shuffle``: the DAS video with its frames in a random order per sample (training and
   evaluation; evaluation uses a fixed seed) + fusion: tests whether frame order matters.
+* ``bigkernel`` / ``dilated`` (the paper's Table 4, classic ways of widening the receptive
+  field): the 2D baseline with 5x5 instead of 3x3 convolutions in its first two stages, or
+  with dilation 2 in the 3x3 convolutions of its last two stages (strides kept).
 """
 
 from __future__ import annotations
@@ -21,9 +24,20 @@ from torch import Tensor, nn
 from das.cell import DiscreteCell, Genotype, ReplicaCell
 from das.models import VideoNetwork, build_backbone
 
-__all__ = ["NEEDS_GENOTYPE", "VARIANTS", "RandomFrameCell", "ShuffledCell", "build_network"]
+__all__ = [
+    "DEFAULT_ABLATION",
+    "NEEDS_GENOTYPE",
+    "VARIANTS",
+    "RandomFrameCell",
+    "ShuffledCell",
+    "build_network",
+    "dilate_stages",
+    "widen_kernels",
+]
 
-VARIANTS = ("das", "baseline", "augment", "replica", "shuffle")
+VARIANTS = ("das", "baseline", "augment", "replica", "shuffle", "bigkernel", "dilated")
+DEFAULT_ABLATION = ("das", "baseline", "augment", "replica", "shuffle")
+RF_BASELINES = {"bigkernel": "widened kernels", "dilated": "dilated convolutions"}
 NEEDS_GENOTYPE = ("das", "augment", "shuffle")
 VIDEO_VARIANTS = ("das", "replica", "shuffle")  # those with T frames and a temporal module
 
@@ -80,7 +94,7 @@ def build_network(
     if variant in NEEDS_GENOTYPE and genotype is None:
         raise ValueError(f"variant {variant!r} needs a genotype")
     cell: nn.Module | None
-    if variant == "baseline":
+    if variant in ("baseline", *RF_BASELINES):
         cell = None
     elif variant == "replica":
         cell = ReplicaCell(frames)
@@ -103,4 +117,37 @@ def build_network(
         image_size=image_size,
         width_mult=width_mult,
     )
+    if variant == "bigkernel":
+        widen_kernels(backbone, stages=(0, 1), kernel=5)
+    elif variant == "dilated":
+        dilate_stages(backbone, stages=(2, 3), dilation=2)
     return VideoNetwork(cell, backbone)
+
+
+def _three_by_three(backbone: nn.Module, stages: Sequence[int]) -> list[tuple[nn.Module, str]]:
+    """(parent, attribute) of every 3x3 convolution in the blocks of `stages`."""
+    found = []
+    for i in stages:
+        for block in backbone.stages[i]:
+            for name, child in block.named_children():
+                if isinstance(child, nn.Conv2d) and child.kernel_size == (3, 3):
+                    found.append((block, name))
+    return found
+
+
+def widen_kernels(backbone: nn.Module, stages: Sequence[int], kernel: int = 5) -> None:
+    """Replace the 3x3 convolutions of `stages` by `kernel` x `kernel` ones (fresh weights,
+    the same initialisation; same strides, padding keeping the size)."""
+    for block, name in _three_by_three(backbone, stages):
+        old = getattr(block, name)
+        new = nn.Conv2d(old.in_channels, old.out_channels, kernel, old.stride, kernel // 2,
+                        bias=False)  # fmt: skip
+        nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+        setattr(block, name, new)
+
+
+def dilate_stages(backbone: nn.Module, stages: Sequence[int], dilation: int = 2) -> None:
+    """Dilate the 3x3 convolutions of `stages` (padding = dilation keeps the size)."""
+    for block, name in _three_by_three(backbone, stages):
+        conv = getattr(block, name)
+        conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)

@@ -43,9 +43,11 @@ class GSF(nn.Module):
     types and state_dict as the official module (swathikirans/GSF): ``conv3D`` (Conv3d,
     weight (2, G/2, 3, 3, 3)), ``bn`` (BatchNorm3d, run on the B*T frames: the same statistics
     as over (B, C, T, H, W)), ``channel_conv1`` and ``channel_conv2``; official weights load as
-    they are and ``state_dict()`` round-trips in the official format. ``forward`` runs the
-    gate conv in the frame layout (``ops.gsf_gate``: reshaped ``conv3D.weight``, no clip
-    permute) and the fused ops (``ops.gsf_shift_fuse``). Channels G ... C-1 pass through.
+    they are and ``state_dict()`` round-trips in the official format. ``forward`` is one
+    autograd node, ``das_kernels.gsf_module``: BatchNorm, ReLU, the gate conv in the frame
+    layout (``das_kernels.ops.gsf_gate``, path per ``backends.gsf_gate_path``; no clip
+    permute) and the fused shift-fuse (``gsf_pool``, fusion convs, ``gsf_fuse``), with the
+    activations recomputed in the backward. Channels G ... C-1 pass through.
     """
 
     def __init__(self, fPlane: int, num_segments: int = 8, gsf_ch_ratio: float = 100) -> None:

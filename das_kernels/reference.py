@@ -245,7 +245,7 @@ def _pad_clip(v: torch.Tensor) -> torch.Tensor:
 
 
 def gsf_gate_taps(taps: torch.Tensor, bias: torch.Tensor, num_segments: int) -> torch.Tensor:
-    """GSF's gate from the 27 tap responses of its 3x3x3 gate conv (see ops.gsf.gsf_gate).
+    """GSF's gate from the 27 tap responses of its 3x3x3 gate conv (see ops.gsf_gate.gsf_gate).
 
     taps: (N, 54, H, W), channel 27 g + 9 kt + 3 kh + kw = tap (kt, kh, kw) of group g;
     bias: (2,). Returns (N, 2, H, W): tanh(bias[g] + sum_k taps[frame t + kt - 1, 27 g + k]

@@ -14,12 +14,14 @@ from das_kernels import _native, backends  # noqa: E402
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def backend_params(op: str) -> list:
-    """pytest params (device, backend) for every pair, skipped with the reason `op` can't run."""
+def backend_params(*ops: str) -> list:
+    """pytest params (device, backend) for every pair, skipped with the reason one of `ops`
+    cannot run."""
     params = []
     for device in DEVICES:
         for name in backends.BACKENDS:
-            reason = backends.unavailable_reason(name, device, op)
+            reasons = (backends.unavailable_reason(name, device, op) for op in ops)
+            reason = next((r for r in reasons if r is not None), None)
             marks = [pytest.mark.skip(reason=f"{name}: {reason}")] if reason else []
             params.append(pytest.param(device, name, id=f"{device}-{name}", marks=marks))
     return params

@@ -4,27 +4,16 @@ numbers of memory="normal" and save a fraction of the activations."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
+from das_testing import saved_bytes
 
 from das.cell import DASCell
 from das.models import VideoNetwork, build_backbone
 from das.models.segmentation import SegmentationNetwork
-
-
-def _saved_bytes(fn) -> int:
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
 
 
 def _pair(fusion: str, frames: int = 4):
@@ -60,7 +49,7 @@ def test_lean_gives_identical_losses_gradients_and_statistics(fusion):
 def test_lean_saves_a_fraction_of_the_activations():
     normal, lean = _pair("gsf", frames=8)
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
-    ratio = _saved_bytes(lambda: _step(lean, x, y)) / _saved_bytes(lambda: _step(normal, x, y))
+    ratio = saved_bytes(lambda: _step(lean, x, y)) / saved_bytes(lambda: _step(normal, x, y))
     assert ratio < 0.35, ratio
 
 
@@ -85,3 +74,29 @@ def test_unknown_memory_mode():
     net.memory = "tiny"
     with pytest.raises(ValueError, match="memory must be one of"):
         net(torch.randn(1, 3, 16, 16))
+
+
+def _log_without_timings(path) -> list[dict]:
+    timing = {"sec_per_step", "sec_arch_step", "sec_weight_step", "epoch_sec", "seconds"}
+    rows = json.loads(path.read_text())
+    rows = rows if isinstance(rows, list) else rows.get("epochs", rows)
+    return [{k: v for k, v in row.items() if k not in timing} for row in rows]
+
+
+@pytest.mark.parametrize("order", ["1", "2"])
+def test_lean_search_gives_the_normal_search(tmp_path, order):
+    from das_testing import TINY_DATA
+
+    from das import search
+
+    base = [*TINY_DATA, "--frames", "2", "--nodes", "2", "--epochs", "2", "--steps-per-epoch"]
+    base += ["2", "--fusion", "gsf", "--order", order, "--eval-images", "16"]
+    for memory in ("normal", "lean"):
+        assert search.main([*base, "--memory", memory, "--out", str(tmp_path / memory)]) == 0
+    normal, lean = tmp_path / "normal", tmp_path / "lean"
+    assert (normal / "genotype.json").read_text() == (lean / "genotype.json").read_text()
+    assert _log_without_timings(normal / "search_log.json") == _log_without_timings(
+        lean / "search_log.json"
+    )
+    selection = [json.loads((d / "selection.json").read_text()) for d in (normal, lean)]
+    assert selection[0] == selection[1]

@@ -135,3 +135,52 @@ def test_bootstrap_interval_contains_the_value():
     out = bootstrap(maps, rf_metrics, samples=50)
     for value, lo, hi in out.values():
         assert lo <= hi and (lo <= value <= hi or math.isinf(value))
+
+
+def test_table4_baselines_widen_the_theoretical_field():
+    from das.variants import build_network
+
+    def field(variant: str) -> int:
+        net = build_network(variant, None, 1, "none", 10, 3, 32)
+        assert net.cell is None and net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+        return theoretical_rf(layer_specs(net.backbone))
+
+    baseline, bigkernel, dilated = field("baseline"), field("bigkernel"), field("dilated")
+    assert bigkernel > baseline and dilated > baseline
+    # resnet_tiny, cifar stem: a 5x5 instead of 3x3 adds 2 x (its input's jump); the widened
+    # convolutions sit at jumps 1, 1, 1, 2 and the dilated ones (5 effective) at 2, 4, 4, 8
+    assert (baseline, bigkernel, dilated) == (49, 49 + 2 * 5, 49 + 2 * 18)
+
+
+def test_rf_command_on_trained_checkpoints(tmp_path):
+    import json
+
+    from das_testing import TINY_DATA
+
+    from das import rf, train
+
+    genotype = tmp_path / "genotype.json"
+    Genotype(("translate_x", "scale", "rotate"), nodes=2, frames=3).save(genotype)
+    checkpoints = []
+    for variant in ("baseline", "das"):
+        out = tmp_path / variant
+        argv = [*TINY_DATA, "--variant", variant, "--genotype", str(genotype), "--epochs", "1"]
+        assert train.main([*argv, "--max-steps", "2", "--fusion", "tsm", "--out", str(out)]) == 0
+        checkpoints.append(str(out / "checkpoint.pt"))
+    out = tmp_path / "rf"
+    argv = [*checkpoints, "--out", str(out), "--images", "6", "--bootstrap", "10", "--random"]
+    assert rf.main([*argv, "--stage", "layer2"]) == 0
+    result = json.loads((out / "rf.json").read_text())
+    base, das = result["runs"]
+    assert base["variant"] == "baseline" and das["variant"] == "das"
+    assert das["frames_mixed"] == 3 and das["reshaped_area"] > das["square_area"]
+    assert base["reshaped_area"] == base["square_area"] == base["theoretical_rf"] ** 2
+    for key in ("r20", "r50", "r90", "area_e2", "anisotropy", "orientation_deg"):
+        value = das["trained"][key]
+        assert value["low"] <= value["high"]
+    assert "js_vs_baseline" in das["trained"] and "js_vs_baseline" in das["random"]
+    for picture in ("rf_grid.png", "rf_compare.png", "rf_profile.png"):
+        assert (out / picture).stat().st_size > 0
+    with pytest.raises(SystemExit) as exc:
+        rf.main([str(tmp_path / "missing.pt"), "--out", str(out)])
+    assert exc.value.code == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from das_testing import saved_bytes
 
 from das.cell import DASCell, DiscreteCell, Genotype, ReplicaCell
 from das.unwarp import path_terms, unwarp_frames
@@ -24,19 +25,6 @@ GENOTYPE = Genotype(
         "rotate",
     )
 )
-
-
-def _saved_bytes(fn) -> int:
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
 
 
 def test_integer_translations_unwarp_exactly_and_coverage_is_the_overlap():
@@ -143,7 +131,7 @@ def test_replica_cell_is_the_plain_mean():
 def test_saves_no_per_path_intermediates():
     cell = DiscreteCell(GENOTYPE)
     frames = torch.randn(2, 4, 11, 24, 24, requires_grad=True)
-    fused = _saved_bytes(lambda: cell.unwarp(frames))
+    fused = saved_bytes(lambda: cell.unwarp(frames))
     theta, weights = cell._paths
     inverse = invert(theta)
 
@@ -156,7 +144,7 @@ def test_saves_no_per_path_intermediates():
     assert len(weights) > 4
     frames_bytes = frames.numel() * frames.element_size()
     assert fused <= 1.5 * frames_bytes  # the frames themselves (+ small maps), nothing per path
-    assert _saved_bytes(loop) > 2 * fused
+    assert saved_bytes(loop) > 2 * fused
 
 
 def test_bad_arguments():

@@ -1,22 +1,28 @@
-"""GSF's Triton gate path (``DAS_KERNELS_GSF_GATE=triton``): the kernels of
-das_kernels.triton.gsf_gate against the official Conv3d + autograd, gsf_gate and the whole
-nn.GSF module on that path. Tiny shapes: on CPU the kernels run in Triton's interpreter."""
+"""GSF's gate conv (das_kernels.ops.gsf_gate): every path (``DAS_KERNELS_GSF_GATE``) and the
+gsf_gate_taps helper against the official Conv3d + autograd; the Triton path's kernels
+(das_kernels.triton.gsf_gate), gsf_gate and the whole nn.GSF module on that path. Tiny
+shapes: on CPU the Triton kernels run in Triton's interpreter."""
 
 from __future__ import annotations
+
+import importlib
 
 import pytest
 import torch
 import torch.nn.functional as F
-from test_gsf import make_modules, module_op_args, randn
+from gsf_testing import expected, make_modules, module_op_args, randn
 
 import das_kernels
-from das_kernels import backends
+from das_kernels import backends, reference
 from das_kernels import nn as dnn
-from das_kernels.ops import gsf as gsf_ops
+
+# the module, not das_kernels.ops.gsf_gate (the function of that name)
+gate_ops = importlib.import_module("das_kernels.ops.gsf_gate")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 REASON = backends.unavailable_reason("triton", DEVICE)
 needs_triton = pytest.mark.skipif(REASON is not None, reason=f"Triton cannot run: {REASON}")
+CPP_REASON = backends.unavailable_reason("cpp", "cpu", "gsf_gate_taps")
 
 # (B, T, G, C, H, W): pass-through channels (C > G), one pixel, several pixel tiles and
 # channel blocks (17 x 17 > 256 pixels: 4 channels per block), T = 1, B = 1
@@ -34,7 +40,7 @@ TOL = {
 
 
 def kernels():
-    return gsf_ops.triton_gate_kernels(torch.device(DEVICE))
+    return gate_ops.triton_gate_kernels(torch.device(DEVICE))
 
 
 def gate_inputs(B, T, G, C, H, W, dtype, seed=0):
@@ -130,12 +136,12 @@ def test_gsf_gate_on_triton_path(monkeypatch):
 
     def run(a, weight, bias):
         leaves = [t.clone().requires_grad_(True) for t in (a, weight, bias)]
-        out = gsf_ops.gsf_gate(*leaves, T)
+        out = gate_ops.gsf_gate(*leaves, T)
         return [out, *torch.autograd.grad(out, leaves, grad)]
 
     want = run(a, weight, bias)  # default path
     monkeypatch.setenv("DAS_KERNELS_GSF_GATE", "triton")
-    assert gsf_ops.gate_path(a.device) == "triton"
+    assert backends.gsf_gate_path(a.device) == "triton"
     for got, w in zip(run(a, weight, bias), want):
         torch.testing.assert_close(got, w, atol=1e-12, rtol=0)
     small = (a[:2, :4, :1, :2], weight[:, :2], bias)  # opcheck runs the op several times
@@ -203,4 +209,82 @@ def test_bad_gate_path_raises_clear_errors(monkeypatch):
     with pytest.raises(backends.BackendUnavailable, match="triton cannot run on cpu.*INTERPRET"):
         module(x)
     with pytest.raises(backends.BackendUnavailable, match="TRITON_INTERPRET=1"):
-        gsf_ops.gsf_gate(x[:, :4], module.conv3D.weight[:, :2], None, 2)
+        gate_ops.gsf_gate(x[:, :4], module.conv3D.weight[:, :2], None, 2)
+
+
+# --- the PyTorch and C++ paths -------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", list(gate_ops.GATE_PATHS))
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_gate_paths_match_official_conv3d(path, backend):
+    """gsf_gate's CPU (GEMM + gsf_gate_taps) and GPU (grouped Conv2d) paths, both on CPU."""
+    if backend == "cpp" and CPP_REASON:
+        pytest.skip(CPP_REASON)
+    B, T, G, H, W = 3, 3, 8, 5, 7
+    h = randn(B * T, G, H, W, seed=20)
+    weight, bias = randn(2, G // 2, 3, 3, 3, seed=21), randn(2, seed=22)
+    grad = randn(B * T, 2, H, W, seed=23)
+
+    def official(h, weight, bias):
+        clip = torch.relu(h).view(B, T, G, H, W).transpose(1, 2)
+        gate = torch.tanh(F.conv3d(clip, weight, bias, padding=1, groups=2))
+        return gate.transpose(1, 2).reshape(B * T, 2, H, W)
+
+    def ours(h, weight, bias):
+        gate = gate_ops.GATE_PATHS[path][0]
+        return gate(torch.relu(h), weight, bias, T)
+
+    want, want_grads = expected(official, (h, weight, bias), grad)
+    with backends.use(backend):
+        got, got_grads = expected(ours, (h, weight, bias), grad)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, atol=1e-11, rtol=0)
+
+
+@pytest.mark.parametrize("path", list(gate_ops.GATE_PATHS))
+def test_gate_backward_paths_match_autograd(path):
+    """gsf_module's explicit gate backward (both paths, run on CPU) equals autograd."""
+    B, T, G, H, W = 2, 3, 8, 4, 5
+    a = torch.relu(randn(B * T, G, H, W, seed=60))
+    weight, bias = randn(2, G // 2, 3, 3, 3, seed=61), randn(2, seed=62)
+    grad = randn(B * T, 2, H, W, seed=63)
+    forward, backward = gate_ops.GATE_PATHS[path]
+    gate, want = expected(lambda a, w, b: forward(a, w, b, T), (a, weight, bias), grad)
+    got = backward(a, weight, gate, grad, T)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("hw", [(3, 4), (1, 1), (1, 5)])
+def test_gate_taps_kernels_match_reference(hw):
+    if CPP_REASON:
+        pytest.skip(CPP_REASON)
+    T, (H, W) = 3, hw
+    taps, bias = randn(6, 54, H, W, seed=24), randn(2, seed=25)
+    want = reference.gsf_gate_taps(taps, bias, T)
+    got = torch.ops.das_native.gsf_gate_taps_forward(taps, bias, T)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    grad = randn(6, 2, H, W, seed=26)
+    taps_leaf, bias_leaf = taps.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    autograd = torch.autograd.grad(
+        reference.gsf_gate_taps(taps_leaf, bias_leaf, T), (taps_leaf, bias_leaf), grad
+    )
+    for impl in (reference.gsf_gate_taps_backward, torch.ops.das_native.gsf_gate_taps_backward):
+        for g, w in zip(impl(grad, want, T), autograd):
+            torch.testing.assert_close(g, w, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_gate_taps_op(backend):
+    if backend == "cpp" and CPP_REASON:
+        pytest.skip(CPP_REASON)
+    T, H, W = 2, 2, 3
+    leaves = [randn(2, 54, H, W, seed=27).requires_grad_(True), randn(2, seed=28).requires_grad_()]
+    with backends.use(backend):
+        assert torch.autograd.gradcheck(lambda *a: gate_ops._taps(*a, T), leaves)
+        torch.library.opcheck(torch.ops.das_kernels.gsf_gate_taps.default, (*leaves, T))
+        gate = gate_ops._taps(*leaves, T).detach()
+        args = (torch.randn_like(gate), gate, T)
+        torch.library.opcheck(torch.ops.das_kernels.gsf_gate_taps_backward.default, args)

@@ -1,6 +1,6 @@
-// Per-element math of GSF (gsf_pool, gsf_fuse) and TSM (temporal_shift), shared by the CPU
-// (csrc/cpu/*.cpp) and CUDA (csrc/cuda/*.cu) kernels. No torch headers: plain C++ that nvcc
-// and g++ both compile.
+// Per-element math of GSF (gsf_pool, gsf_fuse, the gsf_gate_taps helper), shared by the CPU
+// (csrc/cpu/gsf.cpp) and CUDA (csrc/cuda/gsf.cu) kernels. No torch headers: plain C++ that
+// nvcc and g++ both compile.
 //
 // Layout (see das_kernels/ops/gsf.py for the full op contracts):
 //   x, out, grad_x: (N, C, H, W), N = B * T, frame n = b * T + t (T = num_segments).
@@ -12,16 +12,15 @@
 
 #include <cstdint>
 
-#ifndef DAS_HOST_DEVICE
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define DAS_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define DAS_HOST_DEVICE inline
-#endif
-#endif
+#include "common/host_device.h"
 
-namespace das {
+namespace das_kernels {
 namespace gsf {
+
+// Sizes of one GSF call: x (N, C, HW), N = B * T, G gated channels (a multiple of 4 <= C).
+struct Shape {
+  int64_t N, C, HW, T, G;
+};
 
 // Frame whose gated part y frame t of half h receives (t + 1 or t - 1), or -1 (zero padding).
 DAS_HOST_DEVICE int64_t source_frame(int64_t t, int64_t h, int64_t T) {
@@ -93,21 +92,4 @@ DAS_HOST_DEVICE T tanh_grad(T g) {
 }
 
 }  // namespace gsf
-
-namespace tsm {
-
-// TSM: channels [0, fold) of frame t read frame t + 1, [fold, 2 fold) read frame t - 1, the
-// rest frame t; -1 means zero padding. reverse = true gives the adjoint map (the backward).
-DAS_HOST_DEVICE int64_t source_frame(int64_t t, int64_t c, int64_t fold, int64_t T, bool reverse) {
-  int64_t d = 0;
-  if (c < fold) {
-    d = 1;
-  } else if (c < 2 * fold) {
-    d = -1;
-  }
-  const int64_t s = t + (reverse ? -d : d);
-  return (s >= 0 && s < T) ? s : -1;
-}
-
-}  // namespace tsm
-}  // namespace das
+}  // namespace das_kernels

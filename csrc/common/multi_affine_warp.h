@@ -20,8 +20,14 @@
 #endif
 #endif
 
-namespace das {
-namespace warp {
+namespace das_kernels {
+namespace multi_affine_warp {
+
+// Sizes of one call: x (B, Tx, C, H, W) with Tx in {1, T}, theta (B, K, T, 2, 3), out
+// (B, T, C, OH, OW).
+struct Shape {
+  int64_t B, Tx, T, K, C, H, W, OH, OW;
+};
 
 // Analytic base coordinate of pixel `j` of `n` (align_corners=False).
 template <typename T>
@@ -212,5 +218,5 @@ HOST_DEVICE inline void bilinear_scatter(V gw, T fx, T fy, V* c00, V* c01, V* c1
 // grad_weights, then d/dtheta[0..5] before the w_k * size / 2 factors.
 constexpr int kReduceSlots = 7;
 
-}  // namespace warp
-}  // namespace das
+}  // namespace multi_affine_warp
+}  // namespace das_kernels

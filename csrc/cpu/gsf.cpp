@@ -1,5 +1,6 @@
 // CPU kernels of GSF's fused part: gsf_pool and gsf_fuse, forward and backward.
-// Contracts: das_kernels/ops/gsf.py; per-element math: csrc/common/gsf.h.
+// Contracts: das_kernels/ops/gsf.py; per-element math: csrc/common/gsf.h; input checks:
+// csrc/common/checks.h.
 //
 // Work split: the forward of gsf_fuse and both backwards run one task per (clip b, channel)
 // with the T frames in order inside the task, so a plane read for frame t is still in cache
@@ -19,11 +20,14 @@
 #include <memory>
 #include <vector>
 
+#include "common/checks.h"
 #include "common/gsf.h"
 
+namespace das_kernels {
+namespace cpu {
 namespace {
 
-using namespace das::gsf;
+using namespace das_kernels::gsf;
 
 struct Dims {
   int64_t N, C, HW, T, B, G, half, quarter;
@@ -31,25 +35,8 @@ struct Dims {
 
 Dims check_inputs(const char* op, const at::Tensor& x, const at::Tensor& gate, int64_t T,
                   int64_t G) {
-  TORCH_CHECK(x.dim() == 4, op, ": x must be (N, C, H, W), got ", x.sizes());
-  TORCH_CHECK(x.device().is_cpu() && gate.device().is_cpu(), op, ": expects CPU tensors");
-  TORCH_CHECK(x.is_contiguous() && gate.is_contiguous(), op, ": x and gate must be contiguous");
-  TORCH_CHECK(gate.scalar_type() == x.scalar_type(), op, ": gate must have x's dtype");
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK(T > 0 && N % T == 0, op, ": N=", N, " is not a multiple of num_segments=", T);
-  TORCH_CHECK(G >= 4 && G % 4 == 0 && G <= C, op, ": n_gsf=", G,
-              " must be a multiple of 4 in [4, C=", C, "]");
-  TORCH_CHECK(gate.sizes() == at::IntArrayRef({N, 2, H, W}), op, ": gate must be (N, 2, H, W) = (",
-              N, ", 2, ", H, ", ", W, "), got ", gate.sizes());
-  return Dims{N, C, H * W, T, N / T, G, G / 2, G / 4};
-}
-
-void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x,
-                at::IntArrayRef sizes) {
-  TORCH_CHECK(t.sizes() == sizes, op, ": ", name, " must have shape ", sizes, ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype");
-  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), op, ": ", name,
-              " must be a contiguous CPU tensor");
+  const Shape s = das_kernels::gsf::check_inputs(op, x, gate, T, G, c10::DeviceType::CPU);
+  return Dims{s.N, s.C, s.HW, s.T, s.N / s.T, s.G, s.G / 2, s.G / 4};
 }
 
 // Tasks per parallel_for chunk so that a chunk touches about GRAIN_SIZE elements.
@@ -329,7 +316,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gsf_fuse_backward(
 }
 
 // ---------------------------------------------------------------------------------------
-// gsf_gate_taps (CPU helper of das_kernels.ops.gsf.gsf_gate)
+// gsf_gate_taps (CPU helper of das_kernels.ops.gsf_gate.gsf_gate)
 
 void check_gate_taps(const char* op, const at::Tensor& t, int64_t channels, int64_t T) {
   TORCH_CHECK(t.dim() == 4 && t.size(1) == channels, op, ": expected (N, ", channels,
@@ -468,3 +455,6 @@ TORCH_LIBRARY_IMPL(das_native, CPU, m) {
   m.impl("gsf_fuse_forward", &gsf_fuse_forward);
   m.impl("gsf_fuse_backward", &gsf_fuse_backward);
 }
+
+}  // namespace cpu
+}  // namespace das_kernels

@@ -28,6 +28,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/checks.h"
 #include "common/multi_affine_warp.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -37,10 +38,13 @@
 
 #define DAS_ALWAYS_INLINE inline __attribute__((always_inline))
 
-namespace das_native {
+namespace das_kernels {
+namespace cpu {
 namespace {
 
-using das::warp::kReduceSlots;
+namespace warp = das_kernels::multi_affine_warp;
+
+using warp::kReduceSlots;
 constexpr int kLanes = 4;  // channels per vector
 
 // 4 channels of the compute type T (GCC / Clang vector extensions).
@@ -100,8 +104,7 @@ class Scratch {
   int64_t n_;
 };
 
-struct Dims {
-  int64_t B, Tx, T, K, C, H, W, OH, OW;
+struct Dims : warp::Shape {
   int64_t plane() const { return H * W; }
   int64_t out_plane() const { return OH * OW; }
   int64_t cblocks() const { return (C + kLanes - 1) / kLanes; }
@@ -161,7 +164,7 @@ struct Geometry {
 
 #ifdef DAS_X86_DISPATCH
 // AVX2 version of the per-pixel loop of compute_row for float, 8 pixels at a time; the
-// same operations as das::warp::sample_point / bilinear_corner (hardware FMA and floor give
+// same operations as warp::sample_point / bilinear_corner (hardware FMA and floor give
 // bit-identical results). Returns the number of pixels done; adds the inside count to *count.
 __attribute__((target("avx2,fma"))) inline int corners_avx2(
     const float* __restrict ux, const float* __restrict uy, float vx, float vy, float tx,
@@ -224,18 +227,18 @@ DAS_ALWAYS_INLINE RowState compute_row(const T* __restrict th, const T* __restri
                      &count);
 #endif
   for (; j < OW; ++j) {  // branch-free: vectorizes in the generic build
-    const auto p = das::warp::sample_point(ux[j], vx, tx, uy[j], vy, ty, g.half_w, g.half_h);
-    const auto q = das::warp::bilinear_corner(p, H, W);
+    const auto p = warp::sample_point(ux[j], vx, tx, uy[j], vy, ty, g.half_w, g.half_h);
+    const auto q = warp::bilinear_corner(p, H, W);
     xs[j] = q.x0;
     ys[j] = q.y0;
     fx[j] = q.fx;
     fy[j] = q.fy;
-    count += das::warp::taps_any_inside(q.x0, q.y0, H, W);
+    count += warp::taps_any_inside(q.x0, q.y0, H, W);
   }
   if (count == 0) return {0, 0, false};
   int lo = 0, hi = OW;
-  while (!das::warp::taps_any_inside(xs[lo], ys[lo], H, W)) ++lo;
-  while (!das::warp::taps_any_inside(xs[hi - 1], ys[hi - 1], H, W)) --hi;
+  while (!warp::taps_any_inside(xs[lo], ys[lo], H, W)) ++lo;
+  while (!warp::taps_any_inside(xs[hi - 1], ys[hi - 1], H, W)) --hi;
   // offsets in the padded planes, (y0 + 1) * (W + 2) + x0 + 1; in 32 bits (vectorizes)
   // when the padded plane is small enough, which it always is in practice
   int64_t* __restrict off = r.off.data();
@@ -264,12 +267,12 @@ DAS_ALWAYS_INLINE void forward_span(const V4<T>* __restrict xc, const RowTaps<T>
   const T* __restrict fys = r.fy.data();
   const int64_t* __restrict offs = r.off.data();
   for (int j = j0; j < j1; ++j) {
-    if (Guarded && !das::warp::taps_any_inside(x0[j], y0[j], H, W)) continue;
+    if (Guarded && !warp::taps_any_inside(x0[j], y0[j], H, W)) continue;
     const V* p = xc + offs[j];
     const T fx = fxs[j], fy = fys[j];
     V* a = acc + j;
     for (int64_t cb = 0; cb < Cb; ++cb, p += P, a += OW)
-      *a += das::warp::bilinear_interp(p[0], p[1], p[Wp], p[Wp + 1], fx, fy) * wk;
+      *a += warp::bilinear_interp(p[0], p[1], p[Wp], p[Wp + 1], fx, fy) * wk;
   }
 }
 
@@ -301,7 +304,7 @@ DAS_ALWAYS_INLINE void backward_span(const V4<T>* __restrict xc, const V4<T>* __
   constexpr int kStride = NeedX ? 4 : 1;
   for (int phase = 0; phase < kStride; ++phase) {
     for (int j = j0 + phase; j < j1; j += kStride) {
-      if (Guarded && !das::warp::taps_any_inside(x0[j], y0[j], H, W)) continue;
+      if (Guarded && !warp::taps_any_inside(x0[j], y0[j], H, W)) continue;
       const int64_t o = offs[j];
       const T fx = fxs[j], fy = fys[j], u = base_u[j];
       const V* p = xc + o;
@@ -309,7 +312,7 @@ DAS_ALWAYS_INLINE void backward_span(const V4<T>* __restrict xc, const V4<T>* __
       V* q = NeedX ? gxc + o : nullptr;
       for (int64_t cb = 0; cb < Cb; ++cb, p += P, gp += OW) {
         V sv, dix, diy;
-        das::warp::bilinear_sample_grad(p[0], p[1], p[Wp], p[Wp + 1], fx, fy, &sv, &dix, &diy);
+        warp::bilinear_sample_grad(p[0], p[1], p[Wp], p[Wp + 1], fx, fy, &sv, &dix, &diy);
         const V g = *gp;
         const V gdx = g * dix, gdy = g * diy;
         s_w += g * sv;
@@ -320,7 +323,7 @@ DAS_ALWAYS_INLINE void backward_span(const V4<T>* __restrict xc, const V4<T>* __
         if (NeedX) {
           // border taps land in the padding, which is discarded
           V c00, c01, c10, c11;
-          das::warp::bilinear_scatter(g * wk, fx, fy, &c00, &c01, &c10, &c11);
+          warp::bilinear_scatter(g * wk, fx, fy, &c00, &c01, &c10, &c11);
           q[0] += c00;
           q[1] += c01;
           q[Wp] += c10;
@@ -606,34 +609,10 @@ void backward_tasks(const BackwardArgs<scalar_t>& a, bool need_x, int64_t t0, in
 
 // ---- op entry points ----
 
-// affine_grid's base coordinates: linspace(-1, 1, n) * (n - 1) / n, by the same ATen ops.
-at::Tensor base_coords(int64_t n, const at::TensorOptions& opts) {
-  if (n <= 1) return at::zeros({n}, opts);
-  return at::linspace(-1, 1, n, opts).mul(n - 1).div(n);
-}
+using warp::base_coords;
 
 Dims check_inputs(const at::Tensor& x, const at::Tensor& theta, const at::Tensor& weights) {
-  TORCH_CHECK(x.dim() == 5, "multi_affine_warp: x must be (B, Tx, C, H, W), got ", x.sizes());
-  TORCH_CHECK(theta.dim() == 5 && theta.size(3) == 2 && theta.size(4) == 3,
-              "multi_affine_warp: theta must be (B, K, T, 2, 3), got ", theta.sizes());
-  TORCH_CHECK(weights.dim() == 2, "multi_affine_warp: weights must be (B, K), got ",
-              weights.sizes());
-  Dims d{x.size(0), x.size(1), theta.size(2), theta.size(1), x.size(2),
-         x.size(3), x.size(4), 0,             0};
-  TORCH_CHECK(theta.size(0) == d.B && weights.size(0) == d.B && weights.size(1) == d.K,
-              "multi_affine_warp: batch / K mismatch between x ", x.sizes(), ", theta ",
-              theta.sizes(), " and weights ", weights.sizes());
-  TORCH_CHECK(d.Tx == 1 || d.Tx == d.T, "multi_affine_warp: x has ", d.Tx,
-              " frames, expected 1 or T=", d.T);
-  TORCH_CHECK(d.H < (int64_t(1) << 30) && d.W < (int64_t(1) << 30),
-              "multi_affine_warp: input too large");
-  const auto op = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(theta.scalar_type() == op && weights.scalar_type() == op,
-              "multi_affine_warp: theta and weights must be ", op, " for x of dtype ",
-              x.scalar_type());
-  TORCH_CHECK(x.device().is_cpu() && theta.device().is_cpu() && weights.device().is_cpu(),
-              "multi_affine_warp (CPU kernel): all inputs must be CPU tensors");
-  return d;
+  return Dims{warp::check_inputs(x, theta, weights, c10::DeviceType::CPU)};
 }
 
 template <typename T>
@@ -777,4 +756,5 @@ TORCH_LIBRARY_IMPL(das_native, CPU, m) {
   m.impl("multi_affine_warp_backward", &backward_cpu);
 }
 
-}  // namespace das_native
+}  // namespace cpu
+}  // namespace das_kernels

@@ -8,17 +8,16 @@
 #include <algorithm>
 #include <cstring>
 
-#include "common/gsf.h"
+#include "common/checks.h"
+#include "common/temporal_shift.h"
 
+namespace das_kernels {
+namespace cpu {
 namespace {
 
 at::Tensor shift(const char* op, const at::Tensor& x, int64_t n_segments, int64_t fold_div,
                  bool reverse) {
-  TORCH_CHECK(x.dim() == 4, op, ": expects (N, C, H, W), got ", x.sizes());
-  TORCH_CHECK(x.device().is_cpu() && x.is_contiguous(), op, ": expects a contiguous CPU tensor");
-  TORCH_CHECK(n_segments > 0 && x.size(0) % n_segments == 0, op, ": N=", x.size(0),
-              " is not a multiple of n_segments=", n_segments);
-  TORCH_CHECK(fold_div > 0, op, ": fold_div must be positive, got ", fold_div);
+  das_kernels::temporal_shift::check_inputs(op, x, n_segments, fold_div, c10::DeviceType::CPU);
   const int64_t N = x.size(0), C = x.size(1), T = n_segments;
   const int64_t plane = x.size(2) * x.size(3) * static_cast<int64_t>(x.element_size());
   const int64_t fold = C / fold_div;
@@ -37,7 +36,7 @@ at::Tensor shift(const char* op, const at::Tensor& x, int64_t n_segments, int64_
         const int64_t len = (stops[k] - starts[k]) * plane;
         if (len == 0) continue;
         char* o = dst + (n * C + starts[k]) * plane;
-        const int64_t s = das::tsm::source_frame(t, starts[k], fold, T, reverse);
+        const int64_t s = das_kernels::temporal_shift::source_frame(t, starts[k], fold, T, reverse);
         if (s < 0) {
           std::memset(o, 0, len);
         } else {
@@ -64,3 +63,6 @@ TORCH_LIBRARY_IMPL(das_native, CPU, m) {
   m.impl("temporal_shift_forward", &temporal_shift_forward);
   m.impl("temporal_shift_backward", &temporal_shift_backward);
 }
+
+}  // namespace cpu
+}  // namespace das_kernels

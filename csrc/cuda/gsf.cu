@@ -16,79 +16,47 @@
 // opmath (float for half/bfloat16/float, double for double).
 //
 // Without DAS_WITH_TORCH this file only needs the CUDA runtime: host launchers in namespace
-// das::cuda take raw pointers, the shape and a stream. With it, TORCH_LIBRARY_IMPL registers
-// the das_native CUDA kernels.
+// das_kernels::cuda take raw pointers, the shape and a stream. With it, TORCH_LIBRARY_IMPL
+// registers the das_native CUDA kernels (input checks: csrc/common/checks.h).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <type_traits>
 
 #include "common/gsf.h"
+#include "cuda/opmath.cuh"
 
-namespace das {
+namespace das_kernels {
 namespace cuda {
 
-// Sizes of one GSF call: x (N, C, HW), N = B * T, G gated channels (a multiple of 4 <= C).
-struct GsfShape {
-  int64_t N, C, HW, T, G;
-};
-
-template <typename scalar_t>
-struct OpMath {
-  using type = float;
-};
-template <>
-struct OpMath<double> {
-  using type = double;
-};
-template <typename scalar_t>
-using opmath_t = typename OpMath<scalar_t>::type;
+using das_kernels::gsf::Shape;
 
 // Workspace of gsf_fuse_backward, in opmath elements: B * 2 * G/2 * T * pixel tiles.
-int64_t gsf_fuse_backward_workspace(const GsfShape& s);
+int64_t gsf_fuse_backward_workspace(const Shape& s);
 
 template <typename scalar_t>
 cudaError_t gsf_pool_forward(const scalar_t* x, const scalar_t* gate, scalar_t* pooled,
-                             const GsfShape& s, cudaStream_t stream);
+                             const Shape& s, cudaStream_t stream);
 template <typename scalar_t>
 cudaError_t gsf_pool_backward(const scalar_t* grad_pooled, const scalar_t* x,
                               const scalar_t* gate, scalar_t* grad_x, scalar_t* grad_gate,
-                              const GsfShape& s, cudaStream_t stream);
+                              const Shape& s, cudaStream_t stream);
 template <typename scalar_t>
 cudaError_t gsf_fuse_forward(const scalar_t* x, const scalar_t* gate, const scalar_t* w,
-                             scalar_t* out, const GsfShape& s, cudaStream_t stream);
+                             scalar_t* out, const Shape& s, cudaStream_t stream);
 template <typename scalar_t>
 cudaError_t gsf_fuse_backward(const scalar_t* grad_out, const scalar_t* x, const scalar_t* gate,
                               const scalar_t* w, scalar_t* grad_x, scalar_t* grad_gate,
-                              scalar_t* grad_w, opmath_t<scalar_t>* workspace, const GsfShape& s,
+                              scalar_t* grad_w, opmath_t<scalar_t>* workspace, const Shape& s,
                               cudaStream_t stream);
 
 namespace {
 
-using namespace das::gsf;
+using namespace das_kernels::gsf;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-
-__device__ __forceinline__ float to_op(float v) { return v; }
-__device__ __forceinline__ double to_op(double v) { return v; }
-__device__ __forceinline__ float to_op(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_op(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename scalar_t>
-__device__ __forceinline__ scalar_t from_op(opmath_t<scalar_t> v) {
-  return static_cast<scalar_t>(v);
-}
-template <>
-__device__ __forceinline__ __half from_op<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_op<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // Derived sizes, computed once on the host.
 struct Dims {
@@ -96,7 +64,7 @@ struct Dims {
   int px, cy;                                        // block shape (PX, CY)
 };
 
-Dims make_dims(const GsfShape& s) {
+Dims make_dims(const Shape& s) {
   int px = 32;
   while (px < s.HW && px < kThreads) px *= 2;
   return Dims{s.N, s.C, s.HW, s.T, s.N / s.T, s.G, s.G / 2, s.G / 4,
@@ -320,14 +288,14 @@ cudaError_t pass_through(const scalar_t* src, scalar_t* dst, const Dims& d,
 // ---------------------------------------------------------------------------------------
 // host launchers
 
-int64_t gsf_fuse_backward_workspace(const GsfShape& s) {
+int64_t gsf_fuse_backward_workspace(const Shape& s) {
   const Dims d = make_dims(s);
   return d.B * 2 * d.half * d.T * d.tiles;
 }
 
 template <typename scalar_t>
 cudaError_t gsf_pool_forward(const scalar_t* x, const scalar_t* gate, scalar_t* pooled,
-                             const GsfShape& s, cudaStream_t stream) {
+                             const Shape& s, cudaStream_t stream) {
   const Dims d = make_dims(s);
   pool_forward_kernel<scalar_t>
       <<<blocks((d.N * d.G + d.cy - 1) / d.cy), dim3(d.px, d.cy), 0, stream>>>(x, gate, pooled,
@@ -338,7 +306,7 @@ cudaError_t gsf_pool_forward(const scalar_t* x, const scalar_t* gate, scalar_t* 
 template <typename scalar_t>
 cudaError_t gsf_pool_backward(const scalar_t* grad_pooled, const scalar_t* x,
                               const scalar_t* gate, scalar_t* grad_x, scalar_t* grad_gate,
-                              const GsfShape& s, cudaStream_t stream) {
+                              const Shape& s, cudaStream_t stream) {
   const Dims d = make_dims(s);
   pool_backward_kernel<scalar_t><<<blocks(d.N * 2 * d.tiles), dim3(d.px, d.cy), 0, stream>>>(
       grad_pooled, x, gate, grad_x, grad_gate, d);
@@ -348,7 +316,7 @@ cudaError_t gsf_pool_backward(const scalar_t* grad_pooled, const scalar_t* x,
 
 template <typename scalar_t>
 cudaError_t gsf_fuse_forward(const scalar_t* x, const scalar_t* gate, const scalar_t* w,
-                             scalar_t* out, const GsfShape& s, cudaStream_t stream) {
+                             scalar_t* out, const Shape& s, cudaStream_t stream) {
   const Dims d = make_dims(s);
   fuse_forward_kernel<scalar_t><<<blocks((d.N * d.C + d.cy - 1) / d.cy * d.tiles),
                                   dim3(d.px, d.cy), 0, stream>>>(x, gate, w, out, d);
@@ -358,7 +326,7 @@ cudaError_t gsf_fuse_forward(const scalar_t* x, const scalar_t* gate, const scal
 template <typename scalar_t>
 cudaError_t gsf_fuse_backward(const scalar_t* grad_out, const scalar_t* x, const scalar_t* gate,
                               const scalar_t* w, scalar_t* grad_x, scalar_t* grad_gate,
-                              scalar_t* grad_w, opmath_t<scalar_t>* workspace, const GsfShape& s,
+                              scalar_t* grad_w, opmath_t<scalar_t>* workspace, const Shape& s,
                               cudaStream_t stream) {
   const Dims d = make_dims(s);
   fuse_backward_kernel<scalar_t><<<blocks(d.N * 2 * d.tiles), dim3(d.px, d.cy), 0, stream>>>(
@@ -374,14 +342,14 @@ cudaError_t gsf_fuse_backward(const scalar_t* grad_out, const scalar_t* x, const
 }
 
 #define DAS_GSF_INSTANTIATE(T)                                                                   \
-  template cudaError_t gsf_pool_forward<T>(const T*, const T*, T*, const GsfShape&,              \
+  template cudaError_t gsf_pool_forward<T>(const T*, const T*, T*, const Shape&,              \
                                            cudaStream_t);                                        \
   template cudaError_t gsf_pool_backward<T>(const T*, const T*, const T*, T*, T*,                \
-                                            const GsfShape&, cudaStream_t);                      \
-  template cudaError_t gsf_fuse_forward<T>(const T*, const T*, const T*, T*, const GsfShape&,    \
+                                            const Shape&, cudaStream_t);                      \
+  template cudaError_t gsf_fuse_forward<T>(const T*, const T*, const T*, T*, const Shape&,    \
                                            cudaStream_t);                                        \
   template cudaError_t gsf_fuse_backward<T>(const T*, const T*, const T*, const T*, T*, T*, T*, \
-                                            opmath_t<T>*, const GsfShape&, cudaStream_t);
+                                            opmath_t<T>*, const Shape&, cudaStream_t);
 DAS_GSF_INSTANTIATE(float)
 DAS_GSF_INSTANTIATE(double)
 DAS_GSF_INSTANTIATE(__half)
@@ -389,13 +357,14 @@ DAS_GSF_INSTANTIATE(__nv_bfloat16)
 #undef DAS_GSF_INSTANTIATE
 
 }  // namespace cuda
-}  // namespace das
+}  // namespace das_kernels
 
 // ---------------------------------------------------------------------------------------
 // torch bindings
 
 #ifdef DAS_WITH_TORCH
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -403,51 +372,15 @@ DAS_GSF_INSTANTIATE(__nv_bfloat16)
 
 #include <tuple>
 
+#include "common/checks.h"
+
+namespace das_kernels {
+namespace cuda {
 namespace {
 
-using das::cuda::GsfShape;
-
-GsfShape check_inputs(const char* op, const at::Tensor& x, const at::Tensor& gate, int64_t T,
-                      int64_t G) {
-  TORCH_CHECK(x.dim() == 4, op, ": x must be (N, C, H, W), got ", x.sizes());
-  TORCH_CHECK(x.is_cuda() && gate.device() == x.device(), op,
-              ": x and gate must be CUDA tensors on one device");
-  TORCH_CHECK(x.is_contiguous() && gate.is_contiguous(), op, ": x and gate must be contiguous");
-  TORCH_CHECK(gate.scalar_type() == x.scalar_type(), op, ": gate must have x's dtype");
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK(T > 0 && N % T == 0, op, ": N=", N, " is not a multiple of num_segments=", T);
-  TORCH_CHECK(G >= 4 && G % 4 == 0 && G <= C, op, ": n_gsf=", G,
-              " must be a multiple of 4 in [4, C=", C, "]");
-  TORCH_CHECK(gate.sizes() == at::IntArrayRef({N, 2, H, W}), op, ": gate must be (N, 2, H, W) = (",
-              N, ", 2, ", H, ", ", W, "), got ", gate.sizes());
-  TORCH_CHECK(H * W > 0, op, ": x must have pixels, got ", x.sizes());
-  return GsfShape{N, C, H * W, T, G};
-}
-
-void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x,
-                at::IntArrayRef sizes) {
-  TORCH_CHECK(t.sizes() == sizes, op, ": ", name, " must have shape ", sizes, ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype");
-  TORCH_CHECK(t.device() == x.device() && t.is_contiguous(), op, ": ", name,
-              " must be contiguous and on x's device");
-}
-
-// Calls f(static_cast<T*>(nullptr)) with T the CUDA type of `dtype`.
-template <typename F>
-void dispatch(const char* op, at::ScalarType dtype, const F& f) {
-  switch (dtype) {
-    case at::kFloat:
-      return f(static_cast<float*>(nullptr));
-    case at::kDouble:
-      return f(static_cast<double*>(nullptr));
-    case at::kHalf:
-      return f(static_cast<__half*>(nullptr));
-    case at::kBFloat16:
-      return f(static_cast<__nv_bfloat16*>(nullptr));
-    default:
-      TORCH_CHECK(false, op, ": unsupported dtype ", dtype);
-  }
-}
+using das_kernels::gsf::check_inputs;
+using das_kernels::gsf::check_like;
+constexpr auto kCUDA = c10::DeviceType::CUDA;
 
 template <typename T>
 const T* in(const at::Tensor& t) {
@@ -459,54 +392,57 @@ T* out(at::Tensor& t) {
   return static_cast<T*>(t.mutable_data_ptr());
 }
 
-at::Tensor gsf_pool_forward(const at::Tensor& x, const at::Tensor& gate, int64_t num_segments,
-                            int64_t n_gsf) {
-  const GsfShape s = check_inputs("gsf_pool_forward", x, gate, num_segments, n_gsf);
+at::Tensor pool_forward(const at::Tensor& x, const at::Tensor& gate, int64_t num_segments,
+                        int64_t n_gsf) {
+  const Shape s = check_inputs("gsf_pool_forward", x, gate, num_segments, n_gsf, kCUDA);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor pooled = at::empty({s.N / s.T, 4, s.G / 2, s.T}, x.options());
-  dispatch("gsf_pool_forward", x.scalar_type(), [&](auto tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    C10_CUDA_CHECK(das::cuda::gsf_pool_forward<T>(in<T>(x), in<T>(gate), out<T>(pooled), s,
-                                                  c10::cuda::getCurrentCUDAStream()));
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "gsf_pool_forward_cuda", [&] {
+        using T = cuda_type_t<scalar_t>;
+        C10_CUDA_CHECK(gsf_pool_forward<T>(in<T>(x), in<T>(gate), out<T>(pooled), s,
+                                           c10::cuda::getCurrentCUDAStream()));
+      });
   return pooled;
 }
 
-std::tuple<at::Tensor, at::Tensor> gsf_pool_backward(const at::Tensor& grad_pooled,
-                                                     const at::Tensor& x, const at::Tensor& gate,
-                                                     int64_t num_segments, int64_t n_gsf) {
-  const GsfShape s = check_inputs("gsf_pool_backward", x, gate, num_segments, n_gsf);
+std::tuple<at::Tensor, at::Tensor> pool_backward(const at::Tensor& grad_pooled,
+                                                 const at::Tensor& x, const at::Tensor& gate,
+                                                 int64_t num_segments, int64_t n_gsf) {
+  const Shape s = check_inputs("gsf_pool_backward", x, gate, num_segments, n_gsf, kCUDA);
   check_like("gsf_pool_backward", "grad_pooled", grad_pooled, x, {s.N / s.T, 4, s.G / 2, s.T});
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor grad_x = at::empty_like(x);
   at::Tensor grad_gate = at::empty_like(gate);
-  dispatch("gsf_pool_backward", x.scalar_type(), [&](auto tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    C10_CUDA_CHECK(das::cuda::gsf_pool_backward<T>(in<T>(grad_pooled), in<T>(x), in<T>(gate),
-                                                   out<T>(grad_x), out<T>(grad_gate), s,
-                                                   c10::cuda::getCurrentCUDAStream()));
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "gsf_pool_backward_cuda", [&] {
+        using T = cuda_type_t<scalar_t>;
+        C10_CUDA_CHECK(gsf_pool_backward<T>(in<T>(grad_pooled), in<T>(x), in<T>(gate),
+                                            out<T>(grad_x), out<T>(grad_gate), s,
+                                            c10::cuda::getCurrentCUDAStream()));
+      });
   return {grad_x, grad_gate};
 }
 
-at::Tensor gsf_fuse_forward(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& w,
-                            int64_t num_segments, int64_t n_gsf) {
-  const GsfShape s = check_inputs("gsf_fuse_forward", x, gate, num_segments, n_gsf);
+at::Tensor fuse_forward(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& w,
+                        int64_t num_segments, int64_t n_gsf) {
+  const Shape s = check_inputs("gsf_fuse_forward", x, gate, num_segments, n_gsf, kCUDA);
   check_like("gsf_fuse_forward", "w", w, x, {s.N / s.T, 2, s.G / 2, s.T});
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor result = at::empty_like(x);
-  dispatch("gsf_fuse_forward", x.scalar_type(), [&](auto tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    C10_CUDA_CHECK(das::cuda::gsf_fuse_forward<T>(in<T>(x), in<T>(gate), in<T>(w), out<T>(result),
-                                                  s, c10::cuda::getCurrentCUDAStream()));
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "gsf_fuse_forward_cuda", [&] {
+        using T = cuda_type_t<scalar_t>;
+        C10_CUDA_CHECK(gsf_fuse_forward<T>(in<T>(x), in<T>(gate), in<T>(w), out<T>(result), s,
+                                           c10::cuda::getCurrentCUDAStream()));
+      });
   return result;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gsf_fuse_backward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& gate, const at::Tensor& w,
     int64_t num_segments, int64_t n_gsf) {
-  const GsfShape s = check_inputs("gsf_fuse_backward", x, gate, num_segments, n_gsf);
+  const Shape s = check_inputs("gsf_fuse_backward", x, gate, num_segments, n_gsf, kCUDA);
   check_like("gsf_fuse_backward", "w", w, x, {s.N / s.T, 2, s.G / 2, s.T});
   check_like("gsf_fuse_backward", "grad_out", grad_out, x, x.sizes());
   const c10::cuda::CUDAGuard guard(x.device());
@@ -515,23 +451,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gsf_fuse_backward(
   at::Tensor grad_w = at::empty_like(w);
   const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor workspace =
-      at::empty({das::cuda::gsf_fuse_backward_workspace(s)}, x.options().dtype(acc_dtype));
-  dispatch("gsf_fuse_backward", x.scalar_type(), [&](auto tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    using A = das::cuda::opmath_t<T>;
-    C10_CUDA_CHECK(das::cuda::gsf_fuse_backward<T>(
-        in<T>(grad_out), in<T>(x), in<T>(gate), in<T>(w), out<T>(grad_x), out<T>(grad_gate),
-        out<T>(grad_w), out<A>(workspace), s, c10::cuda::getCurrentCUDAStream()));
-  });
+      at::empty({gsf_fuse_backward_workspace(s)}, x.options().dtype(acc_dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "gsf_fuse_backward_cuda", [&] {
+        using T = cuda_type_t<scalar_t>;
+        using A = opmath_t<T>;
+        C10_CUDA_CHECK(gsf_fuse_backward<T>(
+            in<T>(grad_out), in<T>(x), in<T>(gate), in<T>(w), out<T>(grad_x), out<T>(grad_gate),
+            out<T>(grad_w), out<A>(workspace), s, c10::cuda::getCurrentCUDAStream()));
+      });
   return {grad_x, grad_gate, grad_w};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(das_native, CUDA, m) {
-  m.impl("gsf_pool_forward", &gsf_pool_forward);
-  m.impl("gsf_pool_backward", &gsf_pool_backward);
-  m.impl("gsf_fuse_forward", &gsf_fuse_forward);
-  m.impl("gsf_fuse_backward", &gsf_fuse_backward);
+  m.impl("gsf_pool_forward", &pool_forward);
+  m.impl("gsf_pool_backward", &pool_backward);
+  m.impl("gsf_fuse_forward", &fuse_forward);
+  m.impl("gsf_fuse_backward", &fuse_backward);
 }
+
+}  // namespace cuda
+}  // namespace das_kernels
 #endif  // DAS_WITH_TORCH

@@ -24,43 +24,15 @@
 #include <type_traits>
 
 #include "common/multi_affine_warp.h"
+#include "cuda/opmath.cuh"
 
-namespace das_cuda {
+namespace das_kernels {
+namespace cuda {
 
-using das::warp::kReduceSlots;
+namespace warp = das_kernels::multi_affine_warp;
 
-struct WarpShape {
-  int64_t B, Tx, T, K, C, H, W, OH, OW;  // x (B, Tx, C, H, W), out (B, T, C, OH, OW)
-};
-
-template <typename scalar_t>
-struct OpMath {
-  using type = float;
-};
-template <>
-struct OpMath<double> {
-  using type = double;
-};
-template <typename scalar_t>
-using op_t = typename OpMath<scalar_t>::type;
-
-__device__ __forceinline__ float to_op(float v) { return v; }
-__device__ __forceinline__ double to_op(double v) { return v; }
-__device__ __forceinline__ float to_op(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_op(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename scalar_t>
-__device__ __forceinline__ scalar_t from_op(op_t<scalar_t> v);
-template <>
-__device__ __forceinline__ float from_op<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ double from_op<double>(double v) { return v; }
-template <>
-__device__ __forceinline__ __half from_op<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_op<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
+using warp::kReduceSlots;
+using warp::Shape;
 
 constexpr int kThreads = 256;   // threads per block (a multiple of 32)
 constexpr int kChannels = 4;    // channels accumulated in registers per pass
@@ -74,7 +46,7 @@ inline int blocks_for(int64_t n) {
 // Base grid coordinate (affine_grid's linspace when given, else the analytic value).
 template <typename T>
 __device__ __forceinline__ T base_at(const T* base, int64_t j, int64_t n) {
-  return base != nullptr ? base[j] : das::warp::base_coord<T>(j, n);
+  return base != nullptr ? base[j] : warp::base_coord<T>(j, n);
 }
 
 template <typename T>
@@ -84,7 +56,7 @@ struct Op {  // theta[b, k, t] and weights[b, k]
 };
 
 template <typename T>
-__device__ __forceinline__ Op<T> load_op(const T* theta, const T* weights, const WarpShape& d,
+__device__ __forceinline__ Op<T> load_op(const T* theta, const T* weights, const Shape& d,
                                          int64_t b, int64_t k, int64_t t) {
   Op<T> o;
   const T* th = theta + ((b * d.K + k) * d.T + t) * 6;
@@ -96,21 +68,21 @@ __device__ __forceinline__ Op<T> load_op(const T* theta, const T* weights, const
 
 // Value of tap a (0 when outside the image).
 template <typename scalar_t>
-__device__ __forceinline__ op_t<scalar_t> tap_value(const scalar_t* plane,
-                                                    const das::warp::TapOffsets& to, int a) {
-  return ((to.mask >> a) & 1u) ? to_op(plane[to.off[a]]) : op_t<scalar_t>(0);
+__device__ __forceinline__ opmath_t<scalar_t> tap_value(const scalar_t* plane,
+                                                    const warp::TapOffsets& to, int a) {
+  return ((to.mask >> a) & 1u) ? to_op(plane[to.off[a]]) : opmath_t<scalar_t>(0);
 }
 
 // ---------------------------------------------------------------------------- forward
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    forward_kernel(const scalar_t* __restrict__ x, const op_t<scalar_t>* __restrict__ theta,
-                   const op_t<scalar_t>* __restrict__ weights,
-                   const op_t<scalar_t>* __restrict__ base_u,
-                   const op_t<scalar_t>* __restrict__ base_v, scalar_t* __restrict__ out,
-                   WarpShape d) {
-  using T = op_t<scalar_t>;
+    forward_kernel(const scalar_t* __restrict__ x, const opmath_t<scalar_t>* __restrict__ theta,
+                   const opmath_t<scalar_t>* __restrict__ weights,
+                   const opmath_t<scalar_t>* __restrict__ base_u,
+                   const opmath_t<scalar_t>* __restrict__ base_v, scalar_t* __restrict__ out,
+                   Shape d) {
+  using T = opmath_t<scalar_t>;
   const int64_t HW = d.H * d.W, OHW = d.OH * d.OW;
   const int H = static_cast<int>(d.H), W = static_cast<int>(d.W);
   const T half_w = static_cast<T>(d.W) / T(2), half_h = static_cast<T>(d.H) / T(2);
@@ -128,15 +100,15 @@ __global__ void __launch_bounds__(kThreads)
       for (int cc = 0; cc < kChannels; ++cc) acc[cc] = T(0);
       for (int64_t k = 0; k < d.K; ++k) {
         const Op<T> o = load_op(theta, weights, d, b, k, t);
-        const auto q = das::warp::bilinear_corner(
-            das::warp::warp_sample_point(o.th, u, v, half_w, half_h), H, W);
-        if (!das::warp::taps_any_inside(q.x0, q.y0, H, W)) continue;
-        const das::warp::TapOffsets to = das::warp::tap_offsets(q.x0, q.y0, H, W);
+        const auto q = warp::bilinear_corner(
+            warp::warp_sample_point(o.th, u, v, half_w, half_h), H, W);
+        if (!warp::taps_any_inside(q.x0, q.y0, H, W)) continue;
+        const warp::TapOffsets to = warp::tap_offsets(q.x0, q.y0, H, W);
 #pragma unroll
         for (int cc = 0; cc < kChannels; ++cc) {
           if (c0 + cc >= d.C) break;
           const scalar_t* plane = xb + (c0 + cc) * HW;
-          acc[cc] += o.wk * das::warp::bilinear_interp(tap_value(plane, to, 0),
+          acc[cc] += o.wk * warp::bilinear_interp(tap_value(plane, to, 0),
                                                        tap_value(plane, to, 1),
                                                        tap_value(plane, to, 2),
                                                        tap_value(plane, to, 3), q.fx, q.fy);
@@ -187,13 +159,13 @@ template <typename scalar_t, bool kDeterministic, bool kAtomicX>
 __global__ void __launch_bounds__(kThreads)
     backward_pixel_kernel(const scalar_t* __restrict__ grad_out,
                           const scalar_t* __restrict__ x,
-                          const op_t<scalar_t>* __restrict__ theta,
-                          const op_t<scalar_t>* __restrict__ weights,
-                          const op_t<scalar_t>* __restrict__ base_u,
-                          const op_t<scalar_t>* __restrict__ base_v, op_t<scalar_t>* gx,
-                          op_t<scalar_t>* grad_theta, op_t<scalar_t>* grad_weights,
-                          op_t<scalar_t>* __restrict__ partials, WarpShape d, int64_t tiles) {
-  using T = op_t<scalar_t>;
+                          const opmath_t<scalar_t>* __restrict__ theta,
+                          const opmath_t<scalar_t>* __restrict__ weights,
+                          const opmath_t<scalar_t>* __restrict__ base_u,
+                          const opmath_t<scalar_t>* __restrict__ base_v, opmath_t<scalar_t>* gx,
+                          opmath_t<scalar_t>* grad_theta, opmath_t<scalar_t>* grad_weights,
+                          opmath_t<scalar_t>* __restrict__ partials, Shape d, int64_t tiles) {
+  using T = opmath_t<scalar_t>;
   __shared__ T smem[32 * kReduceSlots];
   const int64_t HW = d.H * d.W, OHW = d.OH * d.OW;
   const int H = static_cast<int>(d.H), W = static_cast<int>(d.W);
@@ -215,16 +187,16 @@ __global__ void __launch_bounds__(kThreads)
       T vals[kReduceSlots];
 #pragma unroll
       for (int q = 0; q < kReduceSlots; ++q) vals[q] = T(0);
-      const auto q = das::warp::bilinear_corner(
-          das::warp::warp_sample_point(o.th, u, v, half_w, half_h), H, W);
-      if (active && das::warp::taps_any_inside(q.x0, q.y0, H, W)) {
-        const das::warp::TapOffsets to = das::warp::tap_offsets(q.x0, q.y0, H, W);
+      const auto q = warp::bilinear_corner(
+          warp::warp_sample_point(o.th, u, v, half_w, half_h), H, W);
+      if (active && warp::taps_any_inside(q.x0, q.y0, H, W)) {
+        const warp::TapOffsets to = warp::tap_offsets(q.x0, q.y0, H, W);
         T sw = 0, sdx = 0, sdy = 0;
         for (int64_t c = 0; c < d.C; ++c) {
           const scalar_t* plane = xb + c * HW;
           const T g = to_op(gob[c * OHW]);
           T s, dix, diy;
-          das::warp::bilinear_sample_grad(tap_value(plane, to, 0), tap_value(plane, to, 1),
+          warp::bilinear_sample_grad(tap_value(plane, to, 0), tap_value(plane, to, 1),
                                           tap_value(plane, to, 2), tap_value(plane, to, 3),
                                           q.fx, q.fy, &s, &dix, &diy);
           sw += g * s;
@@ -232,7 +204,7 @@ __global__ void __launch_bounds__(kThreads)
           sdy += g * diy;
           if (kAtomicX) {
             T cw[4];
-            das::warp::bilinear_scatter(o.wk * g, q.fx, q.fy, &cw[0], &cw[1], &cw[2], &cw[3]);
+            warp::bilinear_scatter(o.wk * g, q.fx, q.fy, &cw[0], &cw[1], &cw[2], &cw[3]);
             T* gplane = gx + btx * d.C * HW + c * HW;
 #pragma unroll
             for (int a = 0; a < 4; ++a)
@@ -272,7 +244,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void reduce_theta_kernel(const T* __restrict__ partials, const T* __restrict__ weights,
                                     T* __restrict__ grad_theta, double* __restrict__ gw_part,
-                                    WarpShape d, int64_t tiles) {
+                                    Shape d, int64_t tiles) {
   const int64_t n = d.B * d.K * d.T;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
        idx += int64_t(gridDim.x) * blockDim.x) {
@@ -316,7 +288,7 @@ struct OutBox {
 };
 
 template <typename T>
-__device__ OutBox output_box(const T* th, int64_t x, int64_t y, const WarpShape& d) {
+__device__ OutBox output_box(const T* th, int64_t x, int64_t y, const Shape& d) {
   const OutBox full{0, d.OH, 0, d.OW};
   const double hw = 0.5 * static_cast<double>(d.W), hh = 0.5 * static_cast<double>(d.H);
   const double au = 2.0 / static_cast<double>(d.OW), bu = 1.0 / static_cast<double>(d.OW) - 1.0;
@@ -355,12 +327,12 @@ __device__ OutBox output_box(const T* th, int64_t x, int64_t y, const WarpShape&
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     gather_grad_x_kernel(const scalar_t* __restrict__ grad_out,
-                         const op_t<scalar_t>* __restrict__ theta,
-                         const op_t<scalar_t>* __restrict__ weights,
-                         const op_t<scalar_t>* __restrict__ base_u,
-                         const op_t<scalar_t>* __restrict__ base_v,
-                         scalar_t* __restrict__ grad_x, WarpShape d) {
-  using T = op_t<scalar_t>;
+                         const opmath_t<scalar_t>* __restrict__ theta,
+                         const opmath_t<scalar_t>* __restrict__ weights,
+                         const opmath_t<scalar_t>* __restrict__ base_u,
+                         const opmath_t<scalar_t>* __restrict__ base_v,
+                         scalar_t* __restrict__ grad_x, Shape d) {
+  using T = opmath_t<scalar_t>;
   const int64_t HW = d.H * d.W, OHW = d.OH * d.OW;
   const int H = static_cast<int>(d.H), W = static_cast<int>(d.W);
   const T half_w = static_cast<T>(d.W) / T(2), half_h = static_cast<T>(d.H) / T(2);
@@ -382,13 +354,13 @@ __global__ void __launch_bounds__(kThreads)
           for (int64_t i = box.i0; i < box.i1; ++i) {
             const T v = base_at(base_v, i, d.OH);
             for (int64_t j = box.j0; j < box.j1; ++j) {
-              const auto q = das::warp::bilinear_corner(
-                  das::warp::warp_sample_point(o.th, base_at(base_u, j, d.OW), v, half_w,
+              const auto q = warp::bilinear_corner(
+                  warp::warp_sample_point(o.th, base_at(base_u, j, d.OW), v, half_w,
                                                half_h),
                   H, W);
               const int64_t dx = x - q.x0, dy = y - q.y0;
               if (dx < 0 || dx > 1 || dy < 0 || dy > 1) continue;
-              const T tw = o.wk * das::warp::tap_weight(static_cast<int>(dy * 2 + dx), q.fx, q.fy);
+              const T tw = o.wk * warp::tap_weight(static_cast<int>(dy * 2 + dx), q.fx, q.fy);
               const scalar_t* g = gob + i * d.OW + j;
 #pragma unroll
               for (int cc = 0; cc < kChannels; ++cc) {
@@ -409,7 +381,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename scalar_t>
-__global__ void cast_kernel(const op_t<scalar_t>* __restrict__ src, scalar_t* __restrict__ dst,
+__global__ void cast_kernel(const opmath_t<scalar_t>* __restrict__ src, scalar_t* __restrict__ dst,
                             int64_t n) {
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
        idx += int64_t(gridDim.x) * blockDim.x)
@@ -418,14 +390,14 @@ __global__ void cast_kernel(const op_t<scalar_t>* __restrict__ src, scalar_t* __
 
 // ----------------------------------------------------------------------------- launchers
 
-inline int64_t pixel_tiles(const WarpShape& d) { return (d.OH * d.OW + kThreads - 1) / kThreads; }
+inline int64_t pixel_tiles(const Shape& d) { return (d.OH * d.OW + kThreads - 1) / kThreads; }
 
 inline size_t align_up(size_t n) { return (n + 255) / 256 * 256; }
 
 // Bytes of device workspace that launch_backward needs.
 template <typename scalar_t>
-size_t backward_workspace_bytes(const WarpShape& d, bool need_x, bool deterministic) {
-  using T = op_t<scalar_t>;
+size_t backward_workspace_bytes(const Shape& d, bool need_x, bool deterministic) {
+  using T = opmath_t<scalar_t>;
   size_t bytes = 0;
   if (deterministic) {
     bytes += align_up(sizeof(T) * d.B * d.T * pixel_tiles(d) * d.K * kReduceSlots);
@@ -436,7 +408,7 @@ size_t backward_workspace_bytes(const WarpShape& d, bool need_x, bool determinis
   return bytes;
 }
 
-inline bool empty_shape(const WarpShape& d) {
+inline bool empty_shape(const Shape& d) {
   return d.B <= 0 || d.T <= 0 || d.K <= 0 || d.C <= 0 || d.H <= 0 || d.W <= 0 || d.OH <= 0 ||
          d.OW <= 0;
 }
@@ -444,9 +416,9 @@ inline bool empty_shape(const WarpShape& d) {
 // out (B, T, C, OH, OW) from x (B, Tx, C, H, W), theta (B, K, T, 2, 3), weights (B, K).
 // base_u (OW) / base_v (OH): affine_grid's base coordinates, or nullptr for the analytic ones.
 template <typename scalar_t>
-cudaError_t launch_forward(const scalar_t* x, const op_t<scalar_t>* theta,
-                           const op_t<scalar_t>* weights, const op_t<scalar_t>* base_u,
-                           const op_t<scalar_t>* base_v, scalar_t* out, const WarpShape& d,
+cudaError_t launch_forward(const scalar_t* x, const opmath_t<scalar_t>* theta,
+                           const opmath_t<scalar_t>* weights, const opmath_t<scalar_t>* base_u,
+                           const opmath_t<scalar_t>* base_v, scalar_t* out, const Shape& d,
                            cudaStream_t stream) {
   if (empty_shape(d)) return cudaSuccess;
   forward_kernel<scalar_t><<<blocks_for(d.B * d.T * d.OH * d.OW), kThreads, 0, stream>>>(
@@ -458,12 +430,12 @@ cudaError_t launch_forward(const scalar_t* x, const op_t<scalar_t>* theta,
 // all written in full. workspace: backward_workspace_bytes(d, need_x, deterministic) bytes.
 template <typename scalar_t>
 cudaError_t launch_backward(const scalar_t* grad_out, const scalar_t* x,
-                            const op_t<scalar_t>* theta, const op_t<scalar_t>* weights,
-                            const op_t<scalar_t>* base_u, const op_t<scalar_t>* base_v,
-                            scalar_t* grad_x, op_t<scalar_t>* grad_theta,
-                            op_t<scalar_t>* grad_weights, void* workspace, const WarpShape& d,
+                            const opmath_t<scalar_t>* theta, const opmath_t<scalar_t>* weights,
+                            const opmath_t<scalar_t>* base_u, const opmath_t<scalar_t>* base_v,
+                            scalar_t* grad_x, opmath_t<scalar_t>* grad_theta,
+                            opmath_t<scalar_t>* grad_weights, void* workspace, const Shape& d,
                             bool need_x, bool deterministic, cudaStream_t stream) {
-  using T = op_t<scalar_t>;
+  using T = opmath_t<scalar_t>;
   constexpr bool kDirect = std::is_same<T, scalar_t>::value;
   const size_t x_bytes = sizeof(scalar_t) * d.B * d.Tx * d.C * d.H * d.W;
   cudaError_t err = cudaSuccess;
@@ -519,23 +491,24 @@ cudaError_t launch_backward(const scalar_t* grad_out, const scalar_t* x,
   return cudaGetLastError();
 }
 
-#define DAS_INSTANTIATE(scalar_t)                                                              \
-  template size_t backward_workspace_bytes<scalar_t>(const WarpShape&, bool, bool);             \
-  template cudaError_t launch_forward<scalar_t>(const scalar_t*, const op_t<scalar_t>*,         \
-                                                const op_t<scalar_t>*, const op_t<scalar_t>*,   \
-                                                const op_t<scalar_t>*, scalar_t*,               \
-                                                const WarpShape&, cudaStream_t);                \
-  template cudaError_t launch_backward<scalar_t>(                                               \
-      const scalar_t*, const scalar_t*, const op_t<scalar_t>*, const op_t<scalar_t>*,           \
-      const op_t<scalar_t>*, const op_t<scalar_t>*, scalar_t*, op_t<scalar_t>*, op_t<scalar_t>*, \
-      void*, const WarpShape&, bool, bool, cudaStream_t);
+#define DAS_INSTANTIATE(scalar_t)                                                                \
+  template size_t backward_workspace_bytes<scalar_t>(const Shape&, bool, bool);                  \
+  template cudaError_t launch_forward<scalar_t>(                                                 \
+      const scalar_t*, const opmath_t<scalar_t>*, const opmath_t<scalar_t>*,                     \
+      const opmath_t<scalar_t>*, const opmath_t<scalar_t>*, scalar_t*, const Shape&,            \
+      cudaStream_t);                                                                             \
+  template cudaError_t launch_backward<scalar_t>(                                                \
+      const scalar_t*, const scalar_t*, const opmath_t<scalar_t>*, const opmath_t<scalar_t>*,    \
+      const opmath_t<scalar_t>*, const opmath_t<scalar_t>*, scalar_t*, opmath_t<scalar_t>*,      \
+      opmath_t<scalar_t>*, void*, const Shape&, bool, bool, cudaStream_t);
 DAS_INSTANTIATE(float)
 DAS_INSTANTIATE(double)
 DAS_INSTANTIATE(__half)
 DAS_INSTANTIATE(__nv_bfloat16)
 #undef DAS_INSTANTIATE
 
-}  // namespace das_cuda
+}  // namespace cuda
+}  // namespace das_kernels
 
 #ifdef DAS_WITH_TORCH
 // ------------------------------------------------------------------------- torch wrapper
@@ -545,52 +518,16 @@ DAS_INSTANTIATE(__nv_bfloat16)
 #include <c10/cuda/CUDAStream.h>  // at::cuda::getCurrentCUDAStream, without cuBLAS/cuSPARSE
 #include <torch/library.h>
 
-namespace das_native {
+#include "common/checks.h"
+
+namespace das_kernels {
+namespace cuda {
 namespace {
 
-template <typename scalar_t>
-struct CudaType {
-  using type = scalar_t;
-};
-template <>
-struct CudaType<at::Half> {
-  using type = __half;
-};
-template <>
-struct CudaType<at::BFloat16> {
-  using type = __nv_bfloat16;
-};
+using warp::base_coords;
 
-// affine_grid's base coordinates, by the same ATen ops (on the same device).
-at::Tensor base_coords(int64_t n, const at::TensorOptions& opts) {
-  if (n <= 1) return at::zeros({n}, opts);
-  return at::linspace(-1, 1, n, opts).mul(n - 1).div(n);
-}
-
-das_cuda::WarpShape check_inputs(const at::Tensor& x, const at::Tensor& theta,
-                                 const at::Tensor& weights) {
-  TORCH_CHECK(x.is_cuda() && theta.is_cuda() && weights.is_cuda(),
-              "multi_affine_warp (CUDA kernel): all inputs must be CUDA tensors");
-  TORCH_CHECK(theta.device() == x.device() && weights.device() == x.device(),
-              "multi_affine_warp: all inputs must be on one device");
-  TORCH_CHECK(x.dim() == 5, "multi_affine_warp: x must be (B, Tx, C, H, W), got ", x.sizes());
-  TORCH_CHECK(theta.dim() == 5 && theta.size(3) == 2 && theta.size(4) == 3,
-              "multi_affine_warp: theta must be (B, K, T, 2, 3), got ", theta.sizes());
-  TORCH_CHECK(weights.dim() == 2, "multi_affine_warp: weights must be (B, K), got ",
-              weights.sizes());
-  das_cuda::WarpShape d{x.size(0), x.size(1), theta.size(2), theta.size(1), x.size(2),
-                        x.size(3), x.size(4), 0,             0};
-  TORCH_CHECK(theta.size(0) == d.B && weights.size(0) == d.B && weights.size(1) == d.K,
-              "multi_affine_warp: batch / K mismatch between x ", x.sizes(), ", theta ",
-              theta.sizes(), " and weights ", weights.sizes());
-  TORCH_CHECK(d.Tx == 1 || d.Tx == d.T, "multi_affine_warp: x has ", d.Tx,
-              " frames, expected 1 or T=", d.T);
-  TORCH_CHECK(d.H < (int64_t(1) << 30) && d.W < (int64_t(1) << 30),
-              "multi_affine_warp: input too large");
-  const auto op = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(theta.scalar_type() == op && weights.scalar_type() == op,
-              "multi_affine_warp: theta and weights must be ", op, " for x of dtype ",
-              x.scalar_type());
+Shape check_inputs(const at::Tensor& x, const at::Tensor& theta, const at::Tensor& weights) {
+  const Shape d = warp::check_inputs(x, theta, weights, c10::DeviceType::CUDA);
   TORCH_CHECK(x.is_contiguous() && theta.is_contiguous() && weights.is_contiguous(),
               "multi_affine_warp: inputs must be contiguous");
   return d;
@@ -598,7 +535,7 @@ das_cuda::WarpShape check_inputs(const at::Tensor& x, const at::Tensor& theta,
 
 at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& theta, const at::Tensor& weights,
                         int64_t out_h, int64_t out_w) {
-  das_cuda::WarpShape d = check_inputs(x, theta, weights);
+  Shape d = check_inputs(x, theta, weights);
   TORCH_CHECK(out_h > 0 && out_w > 0, "multi_affine_warp: bad output size ", out_h, "x", out_w);
   d.OH = out_h;
   d.OW = out_w;
@@ -610,9 +547,9 @@ at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& theta, const at::
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "multi_affine_warp_forward_cuda", [&] {
-        using cuda_t = typename CudaType<scalar_t>::type;
-        using T = das_cuda::op_t<cuda_t>;
-        const cudaError_t err = das_cuda::launch_forward<cuda_t>(
+        using cuda_t = cuda_type_t<scalar_t>;
+        using T = opmath_t<cuda_t>;
+        const cudaError_t err = launch_forward<cuda_t>(
             reinterpret_cast<const cuda_t*>(x.const_data_ptr<scalar_t>()),
             theta.const_data_ptr<T>(), weights.const_data_ptr<T>(), bu.const_data_ptr<T>(),
             bv.const_data_ptr<T>(), reinterpret_cast<cuda_t*>(out.mutable_data_ptr<scalar_t>()),
@@ -625,7 +562,7 @@ at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& theta, const at::
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
     const at::Tensor& grad_out_in, const at::Tensor& x, const at::Tensor& theta,
     const at::Tensor& weights, bool need_x, bool deterministic) {
-  das_cuda::WarpShape d = check_inputs(x, theta, weights);
+  Shape d = check_inputs(x, theta, weights);
   TORCH_CHECK(grad_out_in.is_cuda() && grad_out_in.device() == x.device(),
               "multi_affine_warp_backward: grad_out must be on x's device");
   TORCH_CHECK(grad_out_in.dim() == 5 && grad_out_in.size(0) == d.B &&
@@ -646,13 +583,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "multi_affine_warp_backward_cuda", [&] {
-        using cuda_t = typename CudaType<scalar_t>::type;
-        using T = das_cuda::op_t<cuda_t>;
+        using cuda_t = cuda_type_t<scalar_t>;
+        using T = opmath_t<cuda_t>;
         const size_t bytes =
-            das_cuda::backward_workspace_bytes<cuda_t>(d, need_x, deterministic);
+            backward_workspace_bytes<cuda_t>(d, need_x, deterministic);
         at::Tensor ws = at::empty({static_cast<int64_t>(std::max<size_t>(bytes, 1))},
                                   x.options().dtype(at::kByte));
-        const cudaError_t err = das_cuda::launch_backward<cuda_t>(
+        const cudaError_t err = launch_backward<cuda_t>(
             reinterpret_cast<const cuda_t*>(grad_out.const_data_ptr<scalar_t>()),
             reinterpret_cast<const cuda_t*>(x.const_data_ptr<scalar_t>()),
             theta.const_data_ptr<T>(), weights.const_data_ptr<T>(), bu.const_data_ptr<T>(),
@@ -671,5 +608,6 @@ TORCH_LIBRARY_IMPL(das_native, CUDA, m) {
   m.impl("multi_affine_warp_backward", &backward_cuda);
 }
 
-}  // namespace das_native
+}  // namespace cuda
+}  // namespace das_kernels
 #endif  // DAS_WITH_TORCH

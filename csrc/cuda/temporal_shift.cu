@@ -7,8 +7,8 @@
 // bytes when every span boundary and both pointers are 16-byte aligned, else one element at a
 // time. grid.y walks the frames, grid.x the units of a frame.
 //
-// Without DAS_WITH_TORCH only the CUDA runtime is needed: das::cuda::temporal_shift takes raw
-// pointers, the shape and a stream.
+// Without DAS_WITH_TORCH only the CUDA runtime is needed: das_kernels::cuda::temporal_shift
+// takes raw pointers, the shape and a stream. Input checks: csrc/common/checks.h.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -16,9 +16,9 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "common/gsf.h"
+#include "common/temporal_shift.h"
 
-namespace das {
+namespace das_kernels {
 namespace cuda {
 
 // out = shift(x) for x, out (N, C, HW) contiguous, N = B * T, fold = C / fold_div;
@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(kThreads)
       if (e >= s.frame) break;
       // first channel of the unit's span stands for the span (as in the CPU kernel)
       const int64_t c = e < s.end0 ? 0 : (e < s.end1 ? s.fold : s.start2);
-      const int64_t sf = das::tsm::source_frame(t, c, s.fold, s.T, s.reverse);
+      const int64_t sf = das_kernels::temporal_shift::source_frame(t, c, s.fold, s.T, s.reverse);
       dst[n * s.frame + e] = sf < 0 ? unit_t{} : src[(b * s.T + sf) * s.frame + e];
     }
   }
@@ -115,54 +115,40 @@ DAS_TSM_INSTANTIATE(__nv_bfloat16)
 #undef DAS_TSM_INSTANTIATE
 
 }  // namespace cuda
-}  // namespace das
+}  // namespace das_kernels
 
 // ---------------------------------------------------------------------------------------
 // torch bindings
 
 #ifdef DAS_WITH_TORCH
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-namespace {
+#include "common/checks.h"
+#include "cuda/opmath.cuh"
 
-template <typename T>
-void run(const at::Tensor& x, at::Tensor& out, int64_t T_, int64_t fold, bool reverse) {
-  C10_CUDA_CHECK(das::cuda::temporal_shift<T>(
-      static_cast<const T*>(x.const_data_ptr()), static_cast<T*>(out.mutable_data_ptr()),
-      x.size(0), x.size(1), x.size(2) * x.size(3), T_, fold, reverse,
-      c10::cuda::getCurrentCUDAStream()));
-}
+namespace das_kernels {
+namespace cuda {
+namespace {
 
 at::Tensor shift(const char* op, const at::Tensor& x, int64_t n_segments, int64_t fold_div,
                  bool reverse) {
-  TORCH_CHECK(x.dim() == 4, op, ": expects (N, C, H, W), got ", x.sizes());
-  TORCH_CHECK(x.is_cuda() && x.is_contiguous(), op, ": expects a contiguous CUDA tensor");
-  TORCH_CHECK(n_segments > 0 && x.size(0) % n_segments == 0, op, ": N=", x.size(0),
-              " is not a multiple of n_segments=", n_segments);
-  TORCH_CHECK(fold_div > 0, op, ": fold_div must be positive, got ", fold_div);
+  das_kernels::temporal_shift::check_inputs(op, x, n_segments, fold_div, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty_like(x);
   const int64_t fold = x.size(1) / fold_div;
-  switch (x.scalar_type()) {
-    case at::kFloat:
-      run<float>(x, out, n_segments, fold, reverse);
-      break;
-    case at::kDouble:
-      run<double>(x, out, n_segments, fold, reverse);
-      break;
-    case at::kHalf:
-      run<__half>(x, out, n_segments, fold, reverse);
-      break;
-    case at::kBFloat16:
-      run<__nv_bfloat16>(x, out, n_segments, fold, reverse);
-      break;
-    default:
-      TORCH_CHECK(false, op, ": unsupported dtype ", x.scalar_type());
-  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "temporal_shift_cuda", [&] {
+        using T = cuda_type_t<scalar_t>;
+        C10_CUDA_CHECK(temporal_shift<T>(
+            static_cast<const T*>(x.const_data_ptr()), static_cast<T*>(out.mutable_data_ptr()),
+            x.size(0), x.size(1), x.size(2) * x.size(3), n_segments, fold, reverse,
+            c10::cuda::getCurrentCUDAStream()));
+      });
   return out;
 }
 
@@ -181,4 +167,7 @@ TORCH_LIBRARY_IMPL(das_native, CUDA, m) {
   m.impl("temporal_shift_forward", &temporal_shift_forward);
   m.impl("temporal_shift_backward", &temporal_shift_backward);
 }
+
+}  // namespace cuda
+}  // namespace das_kernels
 #endif  // DAS_WITH_TORCH

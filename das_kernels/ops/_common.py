@@ -31,6 +31,15 @@ def check_same_device(**tensors: torch.Tensor) -> None:
         raise ValueError(f"all inputs must be on one device, got {listing}")
 
 
+def has_values(t: torch.Tensor) -> bool:
+    """Whether `t` has data a value check can read (not meta, fake, or under compile)."""
+    if torch.compiler.is_compiling() or t.device.type == "meta":
+        return False
+    from torch._subclasses.fake_tensor import is_fake
+
+    return not is_fake(t)
+
+
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """Parameters (theta, weights, ...) are handled in fp32, or fp64 for fp64 inputs."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -39,16 +39,10 @@ from __future__ import annotations
 
 import torch
 
+from das_kernels.backends import gsf_gate_path
 from das_kernels.ops._common import check_int, check_same_device, check_tensor, compute_dtype
-from das_kernels.ops.gsf import (
-    check_frames,
-    gate_backward,
-    gate_path,
-    gsf_gate,
-    shift_fuse_backward,
-    shift_fuse_forward,
-    triton_gate_kernels,
-)
+from das_kernels.ops.gsf import check_frames, shift_fuse_backward, shift_fuse_forward
+from das_kernels.ops.gsf_gate import gate_backward, gsf_gate, triton_gate_kernels
 
 __all__ = ["gsf_module"]
 
@@ -108,7 +102,7 @@ def _gate(
     """tanh(conv3D(relu(x[:, :G] * scale + shift))): one Triton kernel on x (``triton`` gate
     path), else gsf_gate on activations recomputed a few clips at a time."""
     G = 2 * gate_weight.shape[1]
-    if gate_path(x.device) == "triton":
+    if gsf_gate_path(x.device) == "triton":
         kernels = triton_gate_kernels(x.device)
         return kernels.gsf_gate_forward(x, scale, shift, gate_weight, gate_bias, T, G, True)
     weight, bias = gate_weight.to(x.dtype), gate_bias.to(x.dtype)
@@ -178,7 +172,7 @@ def _gate_grads(
     at the BatchNorm output; adds ``scale * dy`` into grad_x[:, :G] in place. One Triton
     kernel on x (``triton`` gate path), else the gate path's backward a few clips at a time."""
     G = 2 * gate_w.shape[1]
-    if gate_path(x.device) == "triton":
+    if gsf_gate_path(x.device) == "triton":
         return _triton_gate_grads(grad_x, x, scale, shift, gate_w, gate, grad_gate, T)
     acc = scale.dtype
     weight = gate_w.to(x.dtype)

@@ -4,21 +4,33 @@ Registered op (canonical layout, all checks done by the public wrapper):
     x (B, Tx, C, H, W) with Tx in {1, T}; theta (B, K, T, 2, 3) and weights (B, K) in the
     compute dtype (fp32, fp64 for fp64 x), contiguous -> out (B, T, C, out_h, out_w).
 The backward is its own op and recomputes the samples from (x, theta, weights).
+
+Backends: ``triton`` calls ``das_kernels.triton.multi_affine_warp.<name>`` and
+``cuda``/``cpp`` call ``torch.ops.das_native.<name>`` for ``<name>`` in
+``multi_affine_warp_forward(x, theta, weights, out_h, out_w)`` and
+``multi_affine_warp_backward(grad_out, x, theta, weights, need_x, deterministic) ->
+(grad_x, grad_theta, grad_weights)`` (grad_x zeros when not need_x; deterministic:
+``torch.are_deterministic_algorithms_enabled()``); ``reference`` runs
+``das_kernels.reference``.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from das_kernels import reference
 from das_kernels.ops._common import (
+    backend_impls,
     check_same_device,
     check_tensor,
     compute_dtype,
     dispatch,
+    has_values,
     register_op_name,
 )
 
@@ -28,46 +40,12 @@ OP = "multi_affine_warp"
 register_op_name(OP)
 
 
-def _native_forward(x, theta, weights, out_h, out_w):
-    return torch.ops.das_native.multi_affine_warp_forward(x, theta, weights, out_h, out_w)
-
-
-def _native_backward(grad_out, x, theta, weights, need_x):
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    return torch.ops.das_native.multi_affine_warp_backward(
-        grad_out, x, theta, weights, need_x, deterministic
-    )
-
-
-def _triton_forward(x, theta, weights, out_h, out_w):
-    from das_kernels.triton import multi_affine_warp as kernels
-
-    return kernels.forward(x, theta, weights, out_h, out_w)
-
-
-def _triton_backward(grad_out, x, theta, weights, need_x):
-    from das_kernels.triton import multi_affine_warp as kernels
-
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    return kernels.backward(grad_out, x, theta, weights, need_x, deterministic)
-
-
-def _reference_backward(grad_out, x, theta, weights, need_x):
+def _reference_backward(grad_out, x, theta, weights, need_x, deterministic):
     return reference.multi_affine_warp_backward(grad_out, x, theta, weights)
 
 
-FORWARD = {
-    "triton": _triton_forward,
-    "cuda": _native_forward,
-    "cpp": _native_forward,
-    "reference": reference.multi_affine_warp,
-}
-BACKWARD = {
-    "triton": _triton_backward,
-    "cuda": _native_backward,
-    "cpp": _native_backward,
-    "reference": _reference_backward,
-}
+FORWARD = backend_impls("multi_affine_warp_forward", OP, reference.multi_affine_warp)
+BACKWARD = backend_impls("multi_affine_warp_backward", OP, _reference_backward)
 
 
 @torch.library.custom_op("das_kernels::multi_affine_warp", mutates_args=())
@@ -91,8 +69,9 @@ def _warp_backward(
     weights: torch.Tensor,
     need_x: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    deterministic = torch.are_deterministic_algorithms_enabled()
     grad_x, grad_theta, grad_weights = dispatch(OP, x.device, BACKWARD)(
-        grad_out.contiguous(), x, theta, weights, need_x
+        grad_out.contiguous(), x, theta, weights, need_x, deterministic
     )
     return grad_x.to(x.dtype), grad_theta, grad_weights
 
@@ -124,13 +103,39 @@ def _backward(ctx, grad_out):
 _warp.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _out_size(out_size: int | Sequence[int] | None, H: int, W: int) -> tuple[int, int]:
+MAX_PIXELS = 2**31 - 1  # output pixels per frame: the kernels index them with int32
+
+
+def _size_int(value: Any) -> int | None:
+    """`value` as an int if it is an integer (numpy integers too), not a bool; else None."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dim() != 0):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _out_size(out_size: Any, H: int, W: int) -> tuple[int, int]:
     if out_size is None:
         return H, W
-    size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
-    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ValueError(f"out_size must be a positive int or (height, width), got {out_size!r}")
-    return size  # type: ignore[return-value]
+    single = _size_int(out_size)
+    if single is not None:
+        size = [single, single]
+    elif isinstance(out_size, (tuple, list)) and len(out_size) == 2:
+        size = [_size_int(s) for s in out_size]
+    else:
+        raise TypeError(
+            f"out_size must be an int or (height, width) ints, got {out_size!r} "
+            f"({type(out_size).__name__})"
+        )
+    if any(s is None for s in size):
+        raise TypeError(f"out_size must hold ints, got {out_size!r}")
+    if any(s <= 0 for s in size):
+        raise ValueError(f"out_size must be positive, got {out_size!r}")
+    if size[0] * size[1] > MAX_PIXELS:
+        raise ValueError(f"out_size {tuple(size)} has more than 2**31 - 1 pixels per frame")
+    return size[0], size[1]
 
 
 def multi_affine_warp(
@@ -179,7 +184,7 @@ def multi_affine_warp(
         raise ValueError(f"weights has K={weights.shape[-1]} but theta has K={K}")
     if weights.dim() == 2 and weights.shape[0] != B:
         raise ValueError(f"weights has batch {weights.shape[0]} but x has batch {B}")
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(theta).all()):
+    if has_values(theta) and not bool(torch.isfinite(theta).all()):
         raise ValueError("theta contains NaN or infinite values")
     out_h, out_w = _out_size(out_size, H, W)
 
@@ -207,6 +212,14 @@ def softmax_affine_warp(
     if mask is not None:
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+        try:
+            fits = torch.broadcast_shapes(mask.shape, tau.shape) == tau.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not broadcast to tau's {tuple(tau.shape)}"
+            )
         weights = weights * mask.to(device=weights.device, dtype=weights.dtype)
     if isinstance(theta, torch.Tensor) and theta.is_floating_point():
         weights = weights.to(theta.dtype)

@@ -1,6 +1,6 @@
 """Triton kernels for GSF's gate conv read straight from x: BatchNorm affine + ReLU + grouped
 3x3x3 conv + bias + tanh in one forward kernel, and one backward kernel (the
-``DAS_KERNELS_GSF_GATE=triton`` path of ``das_kernels.ops.gsf``; opt-in: not yet timed on
+``DAS_KERNELS_GSF_GATE=triton`` path of ``das_kernels.ops.gsf_gate``; opt-in: not yet timed on
 a GPU, so the defaults stay ``gemm`` on CPU and ``conv`` on GPUs).
 
 Math (x (N, C, H, W), N = B * T, frame n = b * T + t; G gated channels; group g in {0, 1}

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["backward", "forward"]
+__all__ = ["multi_affine_warp_backward", "multi_affine_warp_forward"]
 
 # (tile elements = channels x pixels, num_warps) per kernel: ~8 elements per thread and,
 # by ptxas for sm_90 (fp32), 80 / 108 / 72 registers without spills. Not tuned on hardware.
@@ -342,7 +342,7 @@ def _tiles(C: int, n_pix: int, tile: int) -> tuple[int, int, int, int]:
     return block_c, block_p, triton.cdiv(C, block_c), triton.cdiv(n_pix, block_p)
 
 
-def forward(
+def multi_affine_warp_forward(
     x: torch.Tensor, theta: torch.Tensor, weights: torch.Tensor, out_h: int, out_w: int
 ) -> torch.Tensor:
     """x (B, Tx, C, H, W), theta (B, K, T, 2, 3), weights (B, K) -> (B, T, C, out_h, out_w)."""
@@ -358,7 +358,7 @@ def forward(
     return out
 
 
-def backward(
+def multi_affine_warp_backward(
     grad_out: torch.Tensor,
     x: torch.Tensor,
     theta: torch.Tensor,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -285,11 +286,51 @@ def test_bad_input_is_a_clear_error(case):
         das_kernels.multi_affine_warp(*make(x, theta, weights))
 
 
-def test_bad_out_size():
-    with pytest.raises(ValueError, match="out_size"):
+@pytest.mark.parametrize(
+    ("out_size", "error", "match"),
+    [
+        ((0, 3), ValueError, "out_size must be positive"),
+        (True, TypeError, r"out_size .* got True \(bool\)"),
+        (2.5, TypeError, r"out_size .* got 2.5 \(float\)"),
+        ("8", TypeError, "out_size"),
+        ((3, 2.0), TypeError, "out_size must hold ints"),
+        ((1, 2, 3), TypeError, "out_size"),
+        ((1, 2**31 + 5), ValueError, r"out_size .* more than 2\*\*31 - 1 pixels"),
+    ],
+)
+def test_bad_out_size(out_size, error, match):
+    with pytest.raises(error, match=match):
         das_kernels.multi_affine_warp(
-            torch.randn(1, 1, 4, 4), torch.zeros(1, 1, 2, 3), torch.ones(1), out_size=(0, 3)
+            torch.randn(1, 1, 4, 4), torch.zeros(1, 1, 2, 3), torch.ones(1), out_size=out_size
         )
+
+
+def test_numpy_and_tensor_integers_are_sizes():
+    x, theta, weights = torch.randn(1, 1, 4, 4), torch.eye(2, 3).expand(1, 1, 2, 3), torch.ones(1)
+    for out_size in (np.int64(3), (np.int32(3), 5), torch.tensor(3)):
+        out = das_kernels.multi_affine_warp(x, theta, weights, out_size=out_size)
+        assert out.shape[-2] == 3
+
+
+def test_softmax_warp_mask_of_the_wrong_shape():
+    x, theta = torch.randn(1, 1, 4, 4), torch.eye(2, 3).expand(3, 1, 2, 3)
+    with pytest.raises(ValueError, match=r"mask of shape \(2,\) does not broadcast to tau's"):
+        das_kernels.softmax_affine_warp(x, theta, torch.zeros(3), mask=torch.ones(2))
+
+
+def test_meta_and_fake_tensors_skip_value_checks():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x, theta = torch.randn(2, 3, 5, 6), torch.eye(2, 3).expand(4, 2, 2, 3).contiguous()
+    meta = das_kernels.multi_affine_warp(
+        x.to("meta"), theta.to("meta"), torch.ones(4, device="meta")
+    )
+    assert meta.device.type == "meta" and meta.shape == (2, 2, 3, 5, 6)
+    with FakeTensorMode() as mode:
+        fake = das_kernels.softmax_affine_warp(
+            mode.from_tensor(x), mode.from_tensor(theta), mode.from_tensor(torch.zeros(4))
+        )
+    assert fake.shape == (2, 2, 3, 5, 6)
 
 
 def test_forced_backend_that_cannot_run_says_why(monkeypatch):
