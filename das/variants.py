@@ -21,11 +21,20 @@ from torch import Tensor, nn
 from das.cell import DiscreteCell, Genotype, ReplicaCell
 from das.models import VideoNetwork, build_backbone
 
-__all__ = ["NEEDS_GENOTYPE", "VARIANTS", "RandomFrameCell", "ShuffledCell", "build_network"]
+__all__ = [
+    "NEEDS_GENOTYPE",
+    "SEG_VARIANTS",
+    "VARIANTS",
+    "RandomFrameCell",
+    "ShuffledCell",
+    "build_network",
+]
 
 VARIANTS = ("das", "baseline", "augment", "replica", "shuffle")
-NEEDS_GENOTYPE = ("das", "augment", "shuffle")
-VIDEO_VARIANTS = ("das", "replica", "shuffle")  # those with T frames and a temporal module
+# segmentation adds das-nounwarp: the das network with frame logits averaged, not un-warped
+SEG_VARIANTS = (*VARIANTS, "das-nounwarp")
+NEEDS_GENOTYPE = ("das", "augment", "shuffle", "das-nounwarp")
+VIDEO_VARIANTS = ("das", "replica", "shuffle", "das-nounwarp")  # T frames + a temporal module
 
 
 class RandomFrameCell(nn.Module):
