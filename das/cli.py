@@ -81,8 +81,18 @@ def crop_size(text: str) -> str:
 
 # options whose default depends on --task (their parsers' default is None)
 TASK_DEFAULTS: dict[str, dict[str, object]] = {
-    "classification": {"batch_size": 64, "eval_images": 256, "variants": ",".join(VARIANTS)},
-    "segmentation": {"batch_size": 8, "eval_images": 24, "variants": ",".join(SEG_VARIANTS)},
+    "classification": {
+        "batch_size": 64,
+        "eval_images": 256,
+        "steps_per_epoch": None,
+        "variants": ",".join(VARIANTS),
+    },
+    "segmentation": {
+        "batch_size": 8,
+        "eval_images": 12,
+        "steps_per_epoch": 10,
+        "variants": ",".join(SEG_VARIANTS),
+    },
 }
 
 
@@ -110,9 +120,9 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--crop",
         type=crop_size,
-        default="128,160",
+        default="96,128",
         help="training crop H,W after random scaling 0.5-2x and flipping (segmentation only; "
-        "evaluation sees whole images; default 128,160: CamVid's 180x240 at 2-core CPU speed)",
+        "evaluation sees whole images; default 96,128: CamVid's 180x240 at 2-core CPU speed)",
     )
     g.add_argument(
         "--unwarp-average",
@@ -302,7 +312,7 @@ def _search_parser() -> argparse.ArgumentParser:
         "--steps-per-epoch",
         type=positive_int,
         default=None,
-        help="steps per epoch (default: one pass over the weight half)",
+        help="steps per epoch (default: one pass over the weight half; segmentation: 10)",
     )
     g.add_argument(
         "--batch-size",
@@ -346,7 +356,7 @@ def _search_parser() -> argparse.ArgumentParser:
         default=None,
         help="images of the arch half (a fixed seeded subset) used for the per-epoch "
         "supernet accuracy (segmentation: mIoU, whole images) and for selection; 0 = all "
-        "(default: 256; segmentation: 24)",
+        "(default: 256; segmentation: 12)",
     )
     g = p.add_argument_group("selection")
     g.add_argument(

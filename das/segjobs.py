@@ -109,6 +109,7 @@ class SegSearcher(Searcher):
         self.order = edge_order(len(self.cell.edges), cfg.seed, s.select_order)
         self.seconds = {"search": 0.0, "select": 0.0}
         self._confusion = {k: ConfusionMatrix(b.num_classes) for k in ("train", "arch")}
+        self._arch_y: Tensor | None = None
 
     # -- steps ------------------------------------------------------------------------
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -116,9 +117,10 @@ class SegSearcher(Searcher):
         counts correct pixels (the arch half's confusion matrix is updated)."""
         result = self.network(x)
         loss = segtask.seg_loss(result["out"], result.get("aux"), y, self.aux_weight)
-        out = result["out"].detach()
-        self._confusion["arch"].update(out, y)
-        return loss, torch.tensor(segtask.pixel_counts(out, y)[0])
+        labels = result["out"].detach().argmax(1)
+        if y is self._arch_y:  # not the unrolled step's weight-batch losses (order 2)
+            self._confusion["arch"].update(labels, y)
+        return loss, torch.tensor(segtask.pixel_counts(labels, y)[0])
 
     def _weight_step(self, x: Tensor, y: Tensor) -> tuple[float, int, int]:
         s = self.settings
@@ -133,6 +135,7 @@ class SegSearcher(Searcher):
         set_lr(self.w_opt, cosine_lr(step, self.total_steps, s.w_lr, s.w_lr_min))
         xt, yt = next(self.w_stream)
         xv, yv = next(self.a_stream)
+        self._arch_y = yv
         synchronize(self.dev)
         t0 = time.perf_counter()
         a_loss, a_correct, a_n = float("nan"), 0, 0

@@ -437,10 +437,10 @@ def seg_loss(out: Tensor, aux: Tensor | None, y: Tensor, aux_weight: float) -> T
     return loss
 
 
-def pixel_counts(out: Tensor, y: Tensor) -> tuple[int, int]:
-    """(correct, labelled) pixels."""
+def pixel_counts(labels: Tensor, y: Tensor) -> tuple[int, int]:
+    """(correct, labelled) pixels of predicted `labels` (B, H, W) against `y`."""
     keep = y != IGNORE_INDEX
-    return int((out.argmax(1)[keep] == y[keep]).sum()), int(keep.sum())
+    return int((labels[keep] == y[keep]).sum()), int(keep.sum())
 
 
 @contextlib.contextmanager
@@ -493,9 +493,10 @@ def seg_weight_step(
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         nn.utils.clip_grad_norm_(params, clip)
     optimizer.step()
+    labels = out.detach().argmax(1)
     if confusion is not None:
-        confusion.update(out.detach(), y)
-    correct, n = pixel_counts(out.detach(), y)
+        confusion.update(labels, y)
+    correct, n = pixel_counts(labels, y)
     return float(loss.detach()), correct, n
 
 
