@@ -9,6 +9,7 @@ prediction pictures (image | truth | each frame's prediction | un-warped predict
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -214,8 +215,10 @@ class SegTrainer(Trainer):
         self.progress = env.is_main and not cfg.runtime.no_progress
         self.amp = cfg.runtime.amp
         self.meta = session.DataMeta(b.num_classes, 3, b.image_size, b.mean, b.std)
+        train = copy.copy(b.train)  # a shared bundle (--ablation) was made for another seed
+        train.seed = cfg.seed
         self.train_loader = segtask.SegLoader(
-            b.train, t.batch_size, b.mean, b.std, True, cfg.seed, 2,
+            train, t.batch_size, b.mean, b.std, True, cfg.seed, 2,
             rank=env.rank, world=env.world, device=env.device,
         )  # fmt: skip
         self.val_loader = segtask.SegLoader(

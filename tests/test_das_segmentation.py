@@ -114,6 +114,29 @@ def test_train_variant_and_evaluate(variant, camvid, searched, tmp_path, capsys)
     assert json.loads((out / "eval_test.json").read_text())["images"] == 2
 
 
+def test_random_genotype_and_ablation_table_in_miou(camvid, tmp_path):
+    argv = [*_common(camvid), "--genotype", "random", "--fusion", "tsm", "--frames", "2"]
+    argv += ["--epochs", "1", "--max-steps", "1", "--ablation", "--variants", "das,das-nounwarp"]
+    argv += ["--seeds", "0,1"]
+    assert train.main([*argv, "--out", str(tmp_path / "a")]) == 0
+    table = (tmp_path / "a" / "ablation.md").read_text()
+    assert "val mIoU %" in table and "| das-nounwarp | tsm |" in table
+    assert "DAS minus each variant, paired by seed (val mIoU points" in table
+    results = json.loads((tmp_path / "a" / "ablation.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in results] == [
+        ("das", 0),
+        ("das", 1),
+        ("das-nounwarp", 0),
+        ("das-nounwarp", 1),
+    ]
+    assert results[0]["genotype"] != results[1]["genotype"]  # random genotypes, seeded
+    # --jobs: each run in its own process, each loading its own data (its seed's augmentation)
+    argv[argv.index("das,das-nounwarp")] = "das"
+    assert train.main([*argv, "--jobs", "2", "--out", str(tmp_path / "p")]) == 0
+    parallel = json.loads((tmp_path / "p" / "ablation.json").read_text())
+    assert [r["val_miou"] for r in parallel] == [r["val_miou"] for r in results[:2]]
+
+
 def test_nounwarp_and_das_differ_only_in_unwarping(camvid, searched):
     from das import segtask
 
