@@ -65,8 +65,11 @@ nonneg_float = _typed(
 fraction = _typed(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 
 
-def crop_size(text: str) -> str:
-    """``--crop H,W`` (or one number for a square): normalised to ``"H,W"``."""
+def crop_size(text: str) -> str | None:
+    """``--crop H,W`` (or one number for a square): normalised to ``"H,W"``; ``full``: None
+    (the size of the data's first training image)."""
+    if text.strip().lower() == "full":
+        return None
     parts = [p.strip() for p in text.split(",")]
     if len(parts) == 1:
         parts = parts * 2
@@ -121,8 +124,9 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
         "--crop",
         type=crop_size,
         default="96,128",
-        help="training crop H,W after random scaling 0.5-2x and flipping (segmentation only; "
-        "evaluation sees whole images; default 96,128: CamVid's 180x240 at 2-core CPU speed)",
+        help="training crop H,W after random scaling 0.5-2x and flipping, or 'full' (the "
+        "data's image size); segmentation only; evaluation sees whole images (default 96,128: "
+        "CamVid's 180x240 images at 2-core CPU speed)",
     )
     g.add_argument(
         "--unwarp-average",

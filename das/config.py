@@ -2,14 +2,16 @@
 ``das.evaluate`` were asked to do, as dataclasses.
 
 A :class:`RunConfig` composes a :class:`DataConfig`, a :class:`ModelConfig`, a
-:class:`RuntimeConfig` and, by command, a :class:`CellConfig` + :class:`SearchConfig`
-(search) or a :class:`TrainConfig` (train). Every field is a command-line option of the
-same name (``--width-mult`` -> ``model.width_mult``); the defaults live in one place, the
-parsers of :mod:`das.cli`, which build the config with :meth:`RunConfig.from_namespace`
-and validate it with :func:`check` (a :class:`ConfigError` there becomes exit status 2,
-its message naming the option). Checkpoints and ``config.json`` hold
-``dataclasses.asdict(config)``; :meth:`RunConfig.from_dict` reads it back and names any
-missing or unknown field (an old or foreign checkpoint).
+:class:`RuntimeConfig`, a :class:`TaskConfig` (``--task`` and the segmentation settings; a
+configuration written before it existed reads as classification) and, by command, a
+:class:`CellConfig` + :class:`SearchConfig` (search) or a :class:`TrainConfig` (train).
+Every field is a command-line option of the same name (``--width-mult`` ->
+``model.width_mult``); the defaults live in one place, the parsers of :mod:`das.cli`,
+which build the config with :meth:`RunConfig.from_namespace` and validate it with
+:func:`check` (a :class:`ConfigError` there becomes exit status 2, its message naming the
+option). Checkpoints and ``config.json`` hold ``dataclasses.asdict(config)``;
+:meth:`RunConfig.from_dict` reads it back and names any missing or unknown field (an old
+or foreign checkpoint).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ the ablation (see "Adding a task" in das/README.md): its data (:func:`load_seg_b
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ class SegBundle:
 
     in_channels = 3
 
-    @property
+    @functools.cached_property
     def image_hw(self) -> tuple[int, int]:
         """(H, W) of the first evaluation image."""
         return tuple(self.val.read(0)[0].shape[-2:])  # type: ignore[return-value]
@@ -98,7 +99,7 @@ class SegBundle:
     def image_size(self) -> int:
         return self.image_hw[0]
 
-    @property
+    @functools.cached_property
     def aspect(self) -> float:
         h, w = self.train.read(0)[0].shape[-2:]
         return w / h

@@ -286,6 +286,11 @@ def test_config_round_trip_and_old_configs_are_classification(camvid):
     assert old.search.batch_size == 64 and old.search.eval_images == 256
     t = cli.parse_config("train", [*_common(camvid), "--genotype", "random", "--ablation"])
     assert "das-nounwarp" in t.train.variants.split(",")
+    from das.segtask import load_seg_bundle
+
+    full = cli.parse_config("search", [*_common(camvid), "--crop", "full"])
+    assert full.task.crop is None and load_seg_bundle(full).train.augment.crop == (24, 32)
+    assert cli.parse_config("search", [*_common(camvid), "--crop", "64"]).task.crop == "64,64"
 
 
 @pytest.mark.parametrize(
