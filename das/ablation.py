@@ -70,7 +70,7 @@ def run_ablation(cfg: RunConfig, env: DistEnv | None = None) -> list[dict[str, A
         write_ablation_report(results, cfg.out, cfg)
         return results
     with session.process(cfg.runtime.device, None, env) as env:
-        bundle = session.load_bundle(cfg.data)
+        bundle = _load_bundle(cfg)
         results = []
         for name, sub in runs:
             result = _finished(sub)
@@ -82,6 +82,20 @@ def run_ablation(cfg: RunConfig, env: DistEnv | None = None) -> list[dict[str, A
         if env.is_main:
             write_ablation_report(results, cfg.out, cfg)
         return results
+
+
+def _load_bundle(cfg: RunConfig) -> Any:
+    if cfg.segmentation:
+        from das.segtask import load_seg_bundle
+
+        return load_seg_bundle(cfg)
+    return session.load_bundle(cfg.data)
+
+
+def _score(result: dict[str, Any]) -> str:
+    if "val_miou" in result:
+        return f"val mIoU {result['val_miou']:.4f}"
+    return f"val acc {result['val_acc']:.4f}"
 
 
 def _run_parallel(runs: list[tuple[str, RunConfig]], jobs: int) -> list[dict[str, Any]]:
@@ -107,7 +121,7 @@ def _run_parallel(runs: list[tuple[str, RunConfig]], jobs: int) -> list[dict[str
             results[i] = future.result()
             name, sub = runs[i]
             print(
-                f"== ablation: {name} seed {sub.seed} done: val acc {results[i]['val_acc']:.4f}",
+                f"== ablation: {name} seed {sub.seed} done: {_score(results[i])}",
                 file=sys.stderr,
                 flush=True,
             )

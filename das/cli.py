@@ -18,8 +18,10 @@ from das.config import ConfigError, EvalConfig, RunConfig, check, check_eval
 from das.data import FORMATS, DataError
 from das.models import ARCHS, FUSIONS
 from das.models.memory import MEMORY_MODES
+from das.models.segmentation import HEADS, OUTPUT_STRIDES
 from das.runtime import DistributedFailure, WriteFailure
-from das.variants import DEFAULT_ABLATION, VARIANTS
+from das.unwarp import AVERAGES
+from das.variants import DEFAULT_ABLATION, SEG_VARIANTS, VARIANTS
 
 __all__ = [
     "HelpFormatter",
@@ -64,6 +66,83 @@ nonneg_float = _typed(
     float, lambda v: v >= 0 and v == v and v != float("inf"), "a non-negative number"
 )
 fraction = _typed(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+
+
+def crop_size(text: str) -> str | None:
+    """``--crop H,W`` (or one number for a square): normalised to ``"H,W"``; ``full``: None
+    (the size of the data's first training image)."""
+    if text.strip().lower() == "full":
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 1:
+        parts = parts * 2
+    try:
+        h, w = (int(p) for p in parts)
+    except ValueError:
+        h = w = 0
+    if len(parts) != 2 or h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"expected H,W (two positive integers), got {text!r}")
+    return f"{h},{w}"
+
+
+# options whose default depends on --task (their parsers' default is None)
+TASK_DEFAULTS: dict[str, dict[str, object]] = {
+    "classification": {
+        "batch_size": 64,
+        "eval_images": 256,
+        "steps_per_epoch": None,
+        "variants": ",".join(DEFAULT_ABLATION),
+    },
+    "segmentation": {
+        "batch_size": 8,
+        "eval_images": 12,
+        "steps_per_epoch": 10,
+        "variants": ",".join(SEG_VARIANTS),
+    },
+}
+
+
+def add_task_args(p: argparse.ArgumentParser) -> None:
+    """``--task`` and the segmentation options (stored in ``cfg.task``)."""
+    g = p.add_argument_group("task")
+    g.add_argument(
+        "--task",
+        choices=("classification", "segmentation"),
+        default="classification",
+        help="classification (default; --data as above) or segmentation (--data: a CamVid, "
+        "Pascal VOC or Cityscapes folder; a dilated ResNet + PSP/DeepLabv3 head, per-frame "
+        "logits un-warped onto the image, mIoU)",
+    )
+    g.add_argument(
+        "--head", choices=HEADS, default="psp", help="segmentation head (segmentation only)"
+    )
+    g.add_argument(
+        "--output-stride",
+        type=int,
+        choices=OUTPUT_STRIDES,
+        default=8,
+        help="backbone output stride, dilated (segmentation only)",
+    )
+    g.add_argument(
+        "--crop",
+        type=crop_size,
+        default="96,128",
+        help="training crop H,W after random scaling 0.5-2x and flipping, or 'full' (the "
+        "data's image size); segmentation only; evaluation sees whole images (default 96,128: "
+        "CamVid's 180x240 images at 2-core CPU speed)",
+    )
+    g.add_argument(
+        "--unwarp-average",
+        choices=AVERAGES,
+        default="logits",
+        help="what the un-warp averages over frames: logits or softmax probs (segmentation)",
+    )
+    g.add_argument(
+        "--aux-weight",
+        type=nonneg_float,
+        default=0.4,
+        help="weight of the auxiliary (layer3) head's loss (segmentation only)",
+    )
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -224,6 +303,7 @@ def _search_parser() -> argparse.ArgumentParser:
     )
     add_data_args(p)
     add_model_args(p)
+    add_task_args(p)
     g = p.add_argument_group("cell")
     g.add_argument(
         "--nodes",
@@ -247,9 +327,14 @@ def _search_parser() -> argparse.ArgumentParser:
         "--steps-per-epoch",
         type=positive_int,
         default=None,
-        help="steps per epoch (default: one pass over the weight half)",
+        help="steps per epoch (default: one pass over the weight half; segmentation: 10)",
     )
-    g.add_argument("--batch-size", type=positive_int, default=64, help="batch size per process")
+    g.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="batch size per process (default: 64; segmentation: 8 crops)",
+    )
     g.add_argument(
         "--order",
         type=int,
@@ -283,9 +368,10 @@ def _search_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--eval-images",
         type=nonneg_int,
-        default=256,
+        default=None,
         help="images of the arch half (a fixed seeded subset) used for the per-epoch "
-        "supernet accuracy and for selection; 0 = all",
+        "supernet accuracy (segmentation: mIoU, whole images) and for selection; 0 = all "
+        "(default: 256; segmentation: 12)",
     )
     g = p.add_argument_group("selection")
     g.add_argument(
@@ -330,6 +416,7 @@ def _train_parser() -> argparse.ArgumentParser:
     )
     add_data_args(p)
     add_model_args(p, None, "T for the replica variant (default: the genotype's T, else 4)")
+    add_task_args(p)
     g = p.add_argument_group("variant")
     g.add_argument(
         "--genotype",
@@ -337,7 +424,12 @@ def _train_parser() -> argparse.ArgumentParser:
         help="genotype.json from das.search, or 'random' (a seeded random genotype); "
         "needed by the das, augment and shuffle variants",
     )
-    g.add_argument("--variant", choices=VARIANTS, default="das", help="what to train")
+    g.add_argument(
+        "--variant",
+        choices=SEG_VARIANTS,
+        default="das",
+        help="what to train (das-nounwarp: segmentation only)",
+    )
     g.add_argument(
         "--ablation",
         action="store_true",
@@ -345,8 +437,10 @@ def _train_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--variants",
-        default=",".join(DEFAULT_ABLATION),
-        help=f"comma list of variants for --ablation, from {', '.join(VARIANTS)}",
+        default=None,
+        help=f"comma list of variants for --ablation, from {', '.join(VARIANTS)} (default: "
+        f"{','.join(DEFAULT_ABLATION)}; with --task segmentation from {', '.join(SEG_VARIANTS)}, "
+        "default all of those)",
     )
     g.add_argument(
         "--fusions",
@@ -376,7 +470,12 @@ def _train_parser() -> argparse.ArgumentParser:
         help="stop after this many optimiser steps (budget; the cosine schedule "
         "spans min(epochs x steps/epoch, max-steps))",
     )
-    g.add_argument("--batch-size", type=positive_int, default=64, help="batch size per process")
+    g.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="batch size per process (default: 64; segmentation: 8 crops)",
+    )
     g.add_argument("--lr", type=positive_float, default=0.05, help="SGD learning rate (cosine)")
     g.add_argument("--lr-min", type=nonneg_float, default=0.0, help="final learning rate")
     g.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD (Nesterov) momentum")
@@ -403,13 +502,25 @@ def _train_parser() -> argparse.ArgumentParser:
 def _evaluate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m das.evaluate",
-        description="Evaluate a das.train checkpoint on its validation split.",
+        description="Evaluate a das.train checkpoint on its validation split (segmentation: "
+        "mIoU, pixel accuracy and per-class IoU from one confusion matrix over the split).",
         formatter_class=HelpFormatter,
     )
     p.add_argument("checkpoint", help="checkpoint.pt written by das.train")
     p.add_argument("--data", default=None, help="override the dataset path of the checkpoint")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch")
+    p.add_argument(
+        "--split",
+        choices=("val", "test"),
+        default="val",
+        help="split to evaluate (test: a test split the data holds, e.g. CamVid's test/)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=256,
+        help="evaluation batch (segmentation: capped at 8 images)",
+    )
     p.add_argument(
         "--ops-backend",
         choices=("fused", "reference"),
@@ -436,6 +547,10 @@ def parse_config(command: str, argv: list[str] | None = None) -> RunConfig:
     train (bad input: exit status 2, the message naming the option)."""
     parser = build_parser(command)
     args = parser.parse_args(argv)
+    seg = args.task == "segmentation"
+    for name, value in TASK_DEFAULTS["segmentation" if seg else "classification"].items():
+        if getattr(args, name, "") is None:
+            setattr(args, name, value)
     try:
         cfg = RunConfig.from_namespace(command, args)
         check(cfg)

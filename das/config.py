@@ -2,14 +2,16 @@
 ``das.evaluate`` were asked to do, as dataclasses.
 
 A :class:`RunConfig` composes a :class:`DataConfig`, a :class:`ModelConfig`, a
-:class:`RuntimeConfig` and, by command, a :class:`CellConfig` + :class:`SearchConfig`
-(search) or a :class:`TrainConfig` (train). Every field is a command-line option of the
-same name (``--width-mult`` -> ``model.width_mult``); the defaults live in one place, the
-parsers of :mod:`das.cli`, which build the config with :meth:`RunConfig.from_namespace`
-and validate it with :func:`check` (a :class:`ConfigError` there becomes exit status 2,
-its message naming the option). Checkpoints and ``config.json`` hold
-``dataclasses.asdict(config)``; :meth:`RunConfig.from_dict` reads it back and names any
-missing or unknown field (an old or foreign checkpoint).
+:class:`RuntimeConfig`, a :class:`TaskConfig` (``--task`` and the segmentation settings; a
+configuration written before it existed reads as classification) and, by command, a
+:class:`CellConfig` + :class:`SearchConfig` (search) or a :class:`TrainConfig` (train).
+Every field is a command-line option of the same name (``--width-mult`` ->
+``model.width_mult``); the defaults live in one place, the parsers of :mod:`das.cli`,
+which build the config with :meth:`RunConfig.from_namespace` and validate it with
+:func:`check` (a :class:`ConfigError` there becomes exit status 2, its message naming the
+option). Checkpoints and ``config.json`` hold ``dataclasses.asdict(config)``;
+:meth:`RunConfig.from_dict` reads it back and names any missing or unknown field (an old
+or foreign checkpoint).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from das.cell import SEARCH_SPACES, Genotype, resolve_ops
 from das.data import DataError, detect_format
 from das.models import FUSIONS, gsf_problem
-from das.variants import NEEDS_GENOTYPE, VARIANTS, VIDEO_VARIANTS
+from das.variants import NEEDS_GENOTYPE, SEG_VARIANTS, VARIANTS, VIDEO_VARIANTS
 
 __all__ = [
     "CellConfig",
@@ -36,6 +38,7 @@ __all__ = [
     "RunConfig",
     "RuntimeConfig",
     "SearchConfig",
+    "TaskConfig",
     "TrainConfig",
     "check",
     "check_eval",
@@ -124,6 +127,31 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    """``--task``: classification (default) or segmentation, and the segmentation settings
+    (ignored by classification): head, output stride, training crop ``"H,W"`` (None: the
+    data's size), how frames are averaged when un-warped, the auxiliary loss weight."""
+
+    task: str  # classification | segmentation
+    head: str
+    output_stride: int
+    crop: str | None
+    unwarp_average: str
+    aux_weight: float
+
+    @property
+    def segmentation(self) -> bool:
+        return self.task == "segmentation"
+
+    @property
+    def crop_size(self) -> tuple[int, int] | None:
+        if self.crop is None:
+            return None
+        h, w = (int(v) for v in self.crop.split(","))
+        return h, w
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     out: str
     seed: int
@@ -157,6 +185,7 @@ class EvalConfig:
     device: str
     batch_size: int
     ops_backend: str
+    split: str = "val"
 
 
 _SECTIONS: dict[str, type] = {
@@ -166,11 +195,14 @@ _SECTIONS: dict[str, type] = {
     "cell": CellConfig,
     "search": SearchConfig,
     "train": TrainConfig,
+    "task": TaskConfig,
 }
 COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
-    "search": ("data", "model", "runtime", "cell", "search"),
-    "train": ("data", "model", "runtime", "train"),
+    "search": ("data", "model", "runtime", "cell", "search", "task"),
+    "train": ("data", "model", "runtime", "train", "task"),
 }
+# sections a configuration written before they existed may lack (filled with the defaults)
+OPTIONAL_SECTIONS = ("task",)
 
 
 @dataclass(frozen=True)
@@ -184,6 +216,12 @@ class RunConfig:
     cell: CellConfig | None = None
     search: SearchConfig | None = None
     train: TrainConfig | None = None
+    task: TaskConfig | None = None
+
+    @property
+    def segmentation(self) -> bool:
+        """``--task segmentation``."""
+        return self.task is not None and self.task.segmentation
 
     @property
     def out(self) -> Path:
@@ -232,6 +270,9 @@ class RunConfig:
                 "or not by das)"
             )
         wanted = COMMAND_SECTIONS[command]
+        missing = [n for n in OPTIONAL_SECTIONS if n in wanted and n not in d]
+        if missing:  # written before the section existed: its defaults (classification)
+            d = {**d, **_default_sections(command, missing)}
         problems = [f"unknown field {k!r}" for k in d if k != "command" and k not in _SECTIONS]
         problems += [
             f"unknown field {k!r} for a {command} run"
@@ -267,6 +308,14 @@ class RunConfig:
         return replace(self, **{n: replace(getattr(self, n), **kv) for n, kv in sections.items()})
 
 
+def _default_sections(command: str, names: list[str]) -> dict[str, dict[str, Any]]:
+    """The command line's defaults of sections `names` (as dicts)."""
+    from das.cli import build_parser  # the defaults live there
+
+    values = vars(build_parser(command).parse_args([]))
+    return {n: {f.name: values[f.name] for f in fields(_SECTIONS[n])} for n in names}
+
+
 def _unknown(names: list[str], show: int = 6) -> str:
     if not names:
         return ""
@@ -297,7 +346,10 @@ def check(cfg: RunConfig) -> None:
         _check_eval_only(cfg)
         return
     _check_runtime(cfg.runtime)
-    _check_data(cfg.data)
+    if cfg.segmentation:
+        _check_seg_data(cfg.data)
+    else:
+        _check_data(cfg.data)
     if cfg.command == "search":
         _check_search(cfg)
     else:
@@ -315,6 +367,17 @@ def _check_runtime(rt: RuntimeConfig) -> None:
 
 
 def _check_data(data: DataConfig) -> None:
+    from das.segdata import detect_seg_format
+
+    try:
+        detect_seg_format(data.data)
+    except DataError:
+        pass
+    else:
+        raise ConfigError(
+            f"--data {data.data} is a segmentation dataset; use --task segmentation "
+            "(the default task is classification)"
+        )
     try:
         if data.data_format == "auto":
             detect_format(data.data)
@@ -322,6 +385,23 @@ def _check_data(data: DataConfig) -> None:
             raise DataError(f"data path not found: {data.data}")
     except DataError as exc:
         raise ConfigError(f"--data: {exc}") from None
+
+
+def _check_seg_data(data: DataConfig) -> None:
+    """``--task segmentation``: --data must be a segmentation layout (CamVid, VOC, Cityscapes)."""
+    from das.segdata import detect_seg_format
+
+    if data.data_format != "auto":
+        raise ConfigError(
+            f"--data-format {data.data_format}: classification formats do not apply to "
+            "--task segmentation (its layout is detected: camvid, voc or cityscapes)"
+        )
+    try:
+        detect_seg_format(data.data)
+    except DataError as exc:
+        raise ConfigError(
+            f"--data: --task segmentation needs a segmentation folder: {exc}"
+        ) from None
 
 
 def _check_gsf(model: ModelConfig, fusions: list[str]) -> None:
@@ -356,11 +436,17 @@ def _check_train(cfg: RunConfig) -> None:
             Genotype.load(t.genotype)
         except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(f"--genotype: {exc}") from None
+    allowed = SEG_VARIANTS if cfg.segmentation else VARIANTS
+    if not t.ablation and t.variant not in allowed:
+        raise ConfigError(
+            f"--variant {t.variant} is a --task segmentation variant; choose from "
+            f"{', '.join(allowed)}"
+        )
     if t.ablation:
         variants = comma_list(t.variants)
-        bad = [v for v in variants if v not in VARIANTS]
+        bad = [v for v in variants if v not in allowed]
         if bad or not variants:
-            raise ConfigError(f"--variants: unknown {bad}; choose from {', '.join(VARIANTS)}")
+            raise ConfigError(f"--variants: unknown {bad}; choose from {', '.join(allowed)}")
         fusions = comma_list(t.fusions or cfg.model.fusion)
         for f in fusions:
             if f not in FUSIONS:
@@ -369,7 +455,8 @@ def _check_train(cfg: RunConfig) -> None:
                 )
         if any(v in NEEDS_GENOTYPE for v in variants) and t.genotype is None:
             raise ConfigError(
-                "--ablation with das/augment/shuffle needs --genotype (a genotype.json or 'random')"
+                "--ablation with das/augment/shuffle/das-nounwarp needs --genotype "
+                "(a genotype.json or 'random')"
             )
         if t.seeds is not None:
             seeds = comma_list(t.seeds)

@@ -28,6 +28,8 @@ __all__ = [
     "write_ablation_report",
     "write_log",
     "write_search_report",
+    "write_seg_predictions",
+    "write_seg_search_report",
 ]
 
 
@@ -92,8 +94,9 @@ def plot_tau(rows: list[dict[str, Any]], edges: Sequence[tuple[int, int]], path:
     plt.close(fig)
 
 
-def plot_selection(records: list[dict[str, Any]], path: Path) -> None:
-    """Per edge, the validation-accuracy drop when each op is masked (chosen op hatched)."""
+def plot_selection(records: list[dict[str, Any]], path: Path, metric: str = "accuracy") -> None:
+    """Per edge, the validation-accuracy (or `metric`) drop when each op is masked (chosen
+    op hatched)."""
     plt = _plt()
     records = sorted(records, key=lambda r: r["edge"])
     ops = list(records[0]["op_acc"])
@@ -110,7 +113,7 @@ def plot_selection(records: list[dict[str, Any]], path: Path) -> None:
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xticks([r["edge"] for r in records])
     ax.set_xticklabels([f"{r['edge']}\n{r['src']}->{r['dst']}" for r in records], fontsize=8)
-    ax.set_ylabel("accuracy drop when masked (pp)")
+    ax.set_ylabel(f"{metric} drop when masked (pp)")
     ax.set_title("perturbation selection (hatched = kept op)")
     ax.legend(fontsize=8, ncol=len(ops))
     fig.tight_layout()
@@ -118,8 +121,11 @@ def plot_selection(records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path, keys: Sequence[str]) -> None:
-    """Loss and accuracy curves per epoch for the given ``<name>_loss``/``<name>_acc`` keys."""
+def plot_curves(
+    rows: list[dict[str, Any]], path: Path, keys: Sequence[str], metric: str = "acc"
+) -> None:
+    """Loss and accuracy curves per epoch for the given ``<name>_loss``/``<name>_acc`` keys
+    (``metric="miou"``: ``<name>_miou``, mIoU)."""
     plt = _plt()
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(9, 3.2))
     rows = [r for r in rows if r.get("epoch", 0) > 0]
@@ -127,9 +133,10 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, keys: Sequence[str]) -> 
     for key in keys:
         if rows and f"{key}_loss" in rows[0]:
             ax_l.plot(epochs, [r[f"{key}_loss"] for r in rows], marker=".", label=key)
-        if rows and f"{key}_acc" in rows[0]:
-            ax_a.plot(epochs, [r[f"{key}_acc"] for r in rows], marker=".", label=key)
-    for ax, name in ((ax_l, "loss"), (ax_a, "accuracy")):
+        points = [(r["epoch"], r[f"{key}_{metric}"]) for r in rows if f"{key}_{metric}" in r]
+        if points:
+            ax_a.plot(*zip(*points), marker=".", label=key)
+    for ax, name in ((ax_l, "loss"), (ax_a, "accuracy" if metric == "acc" else "mIoU")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.legend(fontsize=8)
@@ -310,18 +317,20 @@ def _groups(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[st
     return groups
 
 
-def _paired_differences(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> list[list[str]]:
-    """Rows (das fusion, other variant, other fusion, seeds, das - other in val acc points,
-    wins) over the seeds both have."""
+def _paired_differences(
+    groups: dict[tuple[str, str], list[dict[str, Any]]], key: str = "val_acc"
+) -> list[list[str]]:
+    """Rows (das fusion, other variant, other fusion, seeds, das - other in val acc (`key`)
+    points, wins) over the seeds both have."""
     rows = []
     for (variant, fusion), das_runs in groups.items():
         if variant != "das":
             continue
-        das_acc = {r["seed"]: 100 * r["val_acc"] for r in das_runs}
+        das_acc = {r["seed"]: 100 * r[key] for r in das_runs}
         for (other, other_fusion), runs in groups.items():
             if other == "das":
                 continue
-            diffs = [das_acc[r["seed"]] - 100 * r["val_acc"] for r in runs if r["seed"] in das_acc]
+            diffs = [das_acc[r["seed"]] - 100 * r[key] for r in runs if r["seed"] in das_acc]
             if diffs:
                 wins = f"{sum(d > 0 for d in diffs)}/{len(diffs)}"
                 rows.append([fusion, other, other_fusion, len(diffs), _pm(diffs), wins])
@@ -334,10 +343,14 @@ def write_ablation_report(results: list[dict[str, Any]], out: Path, cfg: RunConf
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(results, indent=1) + "\n", out / "ablation.json")
     groups = _groups(results)
+    seg = cfg.segmentation
+    metric, name = ("miou", "mIoU") if seg else ("acc", "acc")
     rows = []
     for (variant, fusion), runs in groups.items():
-        accs = [100 * r["val_acc"] for r in runs]
-        train_accs = [100 * r["train_acc"] for r in runs if r.get("train_acc") is not None]
+        accs = [100 * r[f"val_{metric}"] for r in runs]
+        train_accs = [
+            100 * r[f"train_{metric}"] for r in runs if r.get(f"train_{metric}") is not None
+        ]
         rows.append(
             [
                 variant,
@@ -348,7 +361,7 @@ def write_ablation_report(results: list[dict[str, Any]], out: Path, cfg: RunConf
                 ", ".join(str(r["seed"]) for r in runs),
                 _pm(accs),
                 ", ".join(f"{a:.2f}" for a in accs),
-                _pm([100 * r["best_val_acc"] for r in runs]),
+                _pm([100 * r[f"best_val_{metric}"] for r in runs]),
                 _pm(train_accs) if train_accs else "-",
                 _mean_sd([r["sec_per_step"] for r in runs])[0],
                 sum(r["train_seconds"] for r in runs),
@@ -357,8 +370,9 @@ def write_ablation_report(results: list[dict[str, Any]], out: Path, cfg: RunConf
     t = cfg.train
     assert t is not None
     budget = f"{t.epochs} epochs" + (f", at most {t.max_steps} steps" if t.max_steps else "")
-    header = ["variant", "fusion", "T", "params", "steps", "seeds", "val acc %"]
-    header += ["per seed", "best val acc %", "last train acc %", "s/step", "train s (all seeds)"]
+    header = ["variant", "fusion", "T", "params", "steps", "seeds", f"val {name} %"]
+    header += ["per seed", f"best val {name} %", f"last train {name} %", "s/step"]
+    header += ["train s (all seeds)"]
     lines = [
         "# DAS ablation",
         "",
@@ -369,15 +383,22 @@ def write_ablation_report(results: list[dict[str, Any]], out: Path, cfg: RunConf
         "",
         markdown_table(header, rows),
         "",
-        "val acc: final validation accuracy, mean ± sample sd over the seeds; last train acc: "
-        "training accuracy over the last epoch, on augmented inputs (above val acc: the "
-        "networks overfit; below: they still underfit).",
+        (
+            "val mIoU: final validation mIoU (one confusion matrix over the whole val split, "
+            "ignore pixels excluded, classes absent from truth and prediction left out), mean "
+            "± sample sd over the seeds; last train mIoU: over the last epoch's augmented "
+            "crops."
+            if seg
+            else "val acc: final validation accuracy, mean ± sample sd over the seeds; last "
+            "train acc: training accuracy over the last epoch, on augmented inputs (above val "
+            "acc: the networks overfit; below: they still underfit)."
+        ),
     ]
-    paired = _paired_differences(groups)
+    paired = _paired_differences(groups, f"val_{metric}")
     if paired:
         lines += [
             "",
-            "DAS minus each variant, paired by seed (val acc points; > 0: DAS is better):",
+            f"DAS minus each variant, paired by seed (val {name} points; > 0: DAS is better):",
             "",
             markdown_table(
                 ["das fusion", "variant", "fusion", "seeds", "difference", "DAS wins"], paired
@@ -387,7 +408,195 @@ def write_ablation_report(results: list[dict[str, Any]], out: Path, cfg: RunConf
         "",
         "Variants: baseline = 2D network on the image; augment = DAS transforms as 2D random "
         "augmentation (one random frame); replica = T identical frames + fusion; das = the "
-        "genotype's video + fusion; shuffle = DAS frames in random order + fusion.",
+        "genotype's video + fusion; shuffle = DAS frames in random order + fusion."
+        + (
+            " Segmentation: das un-warps every frame's logits onto the image before averaging; "
+            "das-nounwarp averages them without un-warping; augment un-warps its one frame; "
+            "shuffle puts the predictions back in frame order before un-warping."
+            if seg
+            else ""
+        ),
         "",
     ]
     atomic_write_text("\n".join(lines), out / "ablation.md")
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+def _label_image(labels: Any, classes: int) -> Any:
+    """(H, W) class ids (255 = ignore, black) -> (H, W, 3) colours (tab20)."""
+    import numpy as np
+
+    plt = _plt()
+    colours = np.array([plt.get_cmap("tab20")(c % 20)[:3] for c in range(classes)])
+    lab = labels.cpu().numpy()
+    out = np.zeros((*lab.shape, 3))
+    valid = lab < classes
+    out[valid] = colours[lab[valid]]
+    return out
+
+
+def plot_seg_predictions(
+    images: Any, masks: Any, frames: Any, unwarped: Any, classes: int, path: Path
+) -> None:
+    """One row per sample: image | ground truth | each frame's prediction (in the frame's
+    own coordinates) | the un-warped prediction. ``images`` (N, 3, H, W) in [0, 1],
+    ``masks`` and ``unwarped`` (N, H, W), ``frames`` (N, T, H, W) class ids."""
+    plt = _plt()
+    n, t = frames.shape[:2]
+    cols = t + 3
+    fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.3 * n), squeeze=False)
+    for r in range(n):
+        panels = [images[r].clamp(0, 1).permute(1, 2, 0).cpu().numpy(), masks[r]]
+        panels += [frames[r, k] for k in range(t)] + [unwarped[r]]
+        titles = ["image", "truth"] + [f"frame {k}" for k in range(t)] + ["un-warped"]
+        for c, panel in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(panel if c == 0 else _label_image(panel, classes))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_seg_predictions(network: Any, images: Any, masks: Any, bundle: Any, path: Path) -> None:
+    """``path``: predictions of `network` on pixel `images` (normalised with the bundle's
+    statistics) next to their `masks` (see :func:`plot_seg_predictions`)."""
+    import torch
+
+    from das.segtask import predictions
+
+    device = next(network.parameters()).device
+    mean = torch.tensor(bundle.mean).view(1, -1, 1, 1)
+    std = torch.tensor(bundle.std).view(1, -1, 1, 1)
+    frames, unwarped = predictions(network, ((images - mean) / std).to(device))
+    plot_seg_predictions(images, masks, frames, unwarped, bundle.num_classes, path)
+
+
+def write_seg_search_report(searcher: Any, result: dict[str, Any]) -> None:
+    """A finished segmentation search's outputs: genotype.json, selection.json, tau.png,
+    curves.png (loss and mIoU), selection.png (mIoU drops), video.png (the genotype's frames),
+    predictions.png (image | truth | each frame's prediction | un-warped) and report.md."""
+    out, cfg = searcher.out, searcher.cfg
+    assert cfg.search is not None and cfg.cell is not None and cfg.task is not None
+    from das.segtask import first_items
+
+    genotype: Genotype = result["genotype"]
+    genotype.save(out / "genotype.json")
+    atomic_write_text(json.dumps(result["records"], indent=1) + "\n", out / "selection.json")
+    plot_tau(searcher.log, searcher.cell.edges, out / "tau.png")
+    plot_curves(searcher.log, out / "curves.png", ("train", "arch", "val"), "miou")
+    if result["records"]:
+        plot_selection(result["records"], out / "selection.png", "mIoU")
+    bundle = searcher.bundle
+    images, masks = first_items(bundle.val, 4)
+    video = genotype_video(genotype, images, bundle.mean, bundle.std, bundle.aspect)
+    plot_video(
+        images,
+        video,
+        out / "video.png",
+        [int(s) for s in frame_steps(genotype.frames, genotype.mode)],
+    )
+    write_seg_predictions(searcher.network, images, masks, bundle, out / "predictions.png")
+    rows = [r for r in searcher.log if r["epoch"] > 0]
+    steps = [r["sec_per_step"] for r in rows]
+    t = cfg.task
+    n_eval = len(searcher.eval_loader.data)
+    lines = [
+        "# DAS search report (segmentation)",
+        "",
+        f"- data: {bundle.describe()} (weights half {len(searcher.w_loader.data)}, "
+        f"arch half {len(searcher.a_loader.data)})",
+        f"- model: {cfg.model.arch} fusion={cfg.model.fusion} frames={cfg.model.frames} "
+        f"nodes={cfg.cell.nodes} ops={list(searcher.cell.ops)}; head {t.head}, output stride "
+        f"{t.output_stride}, aux weight {t.aux_weight}, un-warp averages {t.unwarp_average}",
+        f"- search: {cfg.search.epochs} epochs x {searcher.steps_per_epoch} steps, "
+        f"order {cfg.search.order}, batch {cfg.search.batch_size} x {searcher.env.world} "
+        f"process(es), device {searcher.dev}, ops backend {cfg.runtime.ops_backend}",
+        f"- das_kernels backend on {searcher.dev.type}: "
+        f"{backend_name(searcher.dev, cfg.runtime.ops_backend)}",
+        f"- time: search {searcher.seconds['search']:.1f} s, "
+        f"selection {searcher.seconds['select']:.1f} s; "
+        f"mean {sum(steps) / max(len(steps), 1):.4f} s per search step "
+        f"(arch {_mean(rows, 'sec_arch_step'):.4f} + "
+        f"weights {_mean(rows, 'sec_weight_step'):.4f})",
+        f"- supernet after selection: val mIoU {result['final_val_acc']:.4f} "
+        f"({n_eval} whole images of the arch half; one confusion matrix, ignore pixels "
+        "excluded, classes absent from truth and prediction left out of the mean)",
+        "",
+        "## Genotype",
+        "",
+        markdown_table(
+            ["edge", "from", "to", "op", "magnitude"],
+            [
+                [e, i, j, op, m]
+                for e, ((i, j), op, m) in enumerate(
+                    zip(genotype.edges, genotype.ops, genotype.magnitudes)
+                )
+            ],
+        ),
+        "",
+        "The genotype's frames of four validation images, and the supernet's predictions after "
+        "selection (image | truth | each frame's prediction, in the frame's coordinates | "
+        "un-warped and averaged):",
+        "",
+        "![video](video.png)",
+        "",
+        "![predictions](predictions.png)",
+        "",
+        "## Per-epoch log",
+        "",
+        markdown_table(
+            ["epoch", "train loss", "train mIoU", "arch loss", "arch mIoU", "val mIoU", "s/step"],
+            [
+                [
+                    r["epoch"],
+                    r["train_loss"],
+                    r["train_miou"],
+                    r["arch_loss"],
+                    r["arch_miou"],
+                    r.get("val_miou", float("nan")),
+                    r["sec_per_step"],
+                ]
+                for r in rows
+            ],
+        ),
+        "",
+        "![curves](curves.png)",
+        "",
+        "## Architecture weights (softmax of tau) per edge",
+        "",
+        "![tau](tau.png)",
+        "",
+    ]
+    if result["records"]:
+        ops = list(searcher.cell.ops)
+        lines += [
+            "## Perturbation selection",
+            "",
+            f"mIoU drop ({n_eval} images of the arch half) when each op of an edge is masked; "
+            "the op whose removal hurts most is kept (ties: the larger loss increase). In "
+            "selection.json, base_acc / op_acc hold mIoU. Edges in selection order.",
+            "",
+            markdown_table(
+                ["edge", "from->to", "base mIoU", *[f"drop {o}" for o in ops], "kept"],
+                [
+                    [
+                        r["edge"],
+                        f"{r['src']}->{r['dst']}",
+                        r["base_acc"],
+                        *[r["drop"][o] for o in ops],
+                        r["chosen"],
+                    ]
+                    for r in result["records"]
+                ],
+            ),
+            "",
+            "![selection](selection.png)",
+            "",
+        ]
+    atomic_write_text("\n".join(lines), out / "report.md")

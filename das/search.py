@@ -85,6 +85,8 @@ class StepStats:
 class Searcher:
     """State and steps of one search; ``run()`` does search + selection + outputs."""
 
+    score_name = "acc"  # what evaluate()["acc"] is (selection ranks by it)
+
     def __init__(self, cfg: RunConfig, env: DistEnv, bundle: DataBundle | None = None) -> None:
         assert cfg.search is not None and cfg.cell is not None
         self.cfg, self.env = cfg, env
@@ -319,6 +321,13 @@ class Searcher:
                 ),
             }
 
+    def _val_fields(self, ev: dict[str, Any]) -> dict[str, Any]:
+        """What an evaluation adds to the epoch's log row."""
+        return {"val_loss": ev["loss"], "val_acc": ev["acc"]}
+
+    def write_report(self, result: dict[str, Any]) -> None:
+        write_search_report(self, result)
+
     def write_log(self) -> None:
         if self.env.is_main:
             write_log(self.log, self.out / "search_log")
@@ -338,7 +347,7 @@ class Searcher:
             self.seconds["search"] += time.perf_counter() - t0
             row = {"epoch": self.epoch, **stats}
             if ev is not None:
-                row.update(val_loss=ev["loss"], val_acc=ev["acc"])
+                row.update(self._val_fields(ev))
             row.update(epoch_sec=time.perf_counter() - t0, **self._tau_row())
             self.log.append(row)
             if self.env.is_main:
@@ -347,7 +356,7 @@ class Searcher:
                     f"acc {stats['train_acc']:.4f} | arch acc {stats['arch_acc']:.4f}"
                 )
                 if ev is not None:
-                    msg += f" | val acc {ev['acc']:.4f}"
+                    msg += f" | val {self.score_name} {ev['acc']:.4f}"
                 msg += f" | {stats['sec_per_step']:.3f} s/step, {row['epoch_sec']:.1f} s"
                 print(msg, file=sys.stderr, flush=True)
             self.write_log()
@@ -420,7 +429,7 @@ class Searcher:
             "seconds": {**self.seconds, "this_run": time.perf_counter() - t0},
         }
         if self.env.is_main:
-            write_search_report(self, result)
+            self.write_report(result)
         self.env.barrier()
         return result
 
@@ -430,7 +439,15 @@ class Searcher:
 
 def run_search(cfg: RunConfig, env: DistEnv | None = None) -> dict[str, Any]:
     """Run (or, with ``--resume``, continue) the search configured by `cfg`."""
-    return session.run_job(cfg, env, lambda cfg, env, _: Searcher(cfg, env))
+    return session.run_job(cfg, env, lambda cfg, env, _: _searcher(cfg, env))
+
+
+def _searcher(cfg: RunConfig, env: DistEnv) -> Searcher:
+    if cfg.segmentation:
+        from das.segjobs import SegSearcher
+
+        return SegSearcher(cfg, env)
+    return Searcher(cfg, env)
 
 
 def _main(cfg: RunConfig) -> int:

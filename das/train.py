@@ -236,6 +236,10 @@ def run_train(
     def make(cfg: RunConfig, env: DistEnv, ckpt: dict[str, Any] | None) -> Trainer:
         saved = ckpt["genotype"] if ckpt else None
         genotype = Genotype.from_dict(saved) if saved else session.train_genotype(cfg)
+        if cfg.segmentation:
+            from das.segjobs import SegTrainer
+
+            return SegTrainer(cfg, env, bundle, genotype)  # type: ignore[arg-type]
         return Trainer(cfg, env, bundle, genotype)
 
     return session.run_job(cfg, env, make)

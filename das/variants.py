@@ -27,6 +27,7 @@ from das.models import VideoNetwork, build_backbone
 __all__ = [
     "DEFAULT_ABLATION",
     "NEEDS_GENOTYPE",
+    "SEG_VARIANTS",
     "VARIANTS",
     "RandomFrameCell",
     "ShuffledCell",
@@ -38,8 +39,11 @@ __all__ = [
 VARIANTS = ("das", "baseline", "augment", "replica", "shuffle", "bigkernel", "dilated")
 DEFAULT_ABLATION = ("das", "baseline", "augment", "replica", "shuffle")
 RF_BASELINES = {"bigkernel": "widened kernels", "dilated": "dilated convolutions"}
-NEEDS_GENOTYPE = ("das", "augment", "shuffle")
-VIDEO_VARIANTS = ("das", "replica", "shuffle")  # those with T frames and a temporal module
+# segmentation: the default ablation set and das-nounwarp, the das network with frame logits
+# averaged, not un-warped (no segmentation bigkernel/dilated yet)
+SEG_VARIANTS = (*DEFAULT_ABLATION, "das-nounwarp")
+NEEDS_GENOTYPE = ("das", "augment", "shuffle", "das-nounwarp")
+VIDEO_VARIANTS = ("das", "replica", "shuffle", "das-nounwarp")  # T frames + a temporal module
 
 
 class RandomFrameCell(nn.Module):

@@ -13,6 +13,13 @@ per-frame logits upsampled to (H, W) -> cell.unwarp -> (B, classes, H, W)``.
   an auxiliary FCN head on layer3 (weight 0.4 in the loss, training only).
 * ``unwarp=False`` averages the frames' logits without un-warping (the das-nounwarp
   ablation); a cell-less network (``cell=None``) is the plain 2D model.
+* ``unwarp_at``: ``"input"`` upsamples every frame's logits to the image size and un-warps
+  there; ``"features"`` un-warps at the head's resolution (the output stride) and upsamples
+  the result (and the coverage). Both are linear in the logits and differ only by where the
+  bilinear resampling happens; ``features`` costs output_stride^2 times less, which matters
+  for a mixed (searched) cell with hundreds of paths (4 nodes x 5 ops: 232 distinct paths,
+  ~20x the backbone's time at 128x160 when un-warped at the input size).
+* ``trunk(video, size)`` (per-frame logits; what DDP wraps) + ``merge`` = ``forward``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ __all__ = [
     "AUX_WEIGHT",
     "HEADS",
     "OUTPUT_STRIDES",
+    "UNWARP_AT",
     "ASPPHead",
     "FCNHead",
     "PSPHead",
@@ -37,6 +45,7 @@ __all__ = [
 HEADS = ("psp", "deeplabv3")
 OUTPUT_STRIDES = (8, 16)
 AUX_WEIGHT = 0.4
+UNWARP_AT = ("input", "features")
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -152,11 +161,19 @@ class SegmentationNetwork(nn.Module):
         aux: bool = True,
         unwarp: bool = True,
         average: str = "logits",
+        unwarp_at: str = "input",
     ) -> None:
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+        if unwarp_at not in UNWARP_AT:
+            raise ValueError(f"unwarp_at must be one of {UNWARP_AT}, got {unwarp_at!r}")
+        self.unwarp_at = unwarp_at
         self.cell, self.backbone = cell, dilate(backbone, output_stride)
+        # the classifier is never used here: drop it (unused parameters break DDP and would
+        # be weight-decayed and counted for nothing)
+        if isinstance(getattr(backbone, "fc", None), nn.Linear):
+            backbone.fc = nn.Identity()
         self.unwarp, self.average = unwarp, average
         channels = [_out_channels(s) for s in backbone.stages]
         rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
@@ -178,8 +195,12 @@ class SegmentationNetwork(nn.Module):
         layer3 = bb.run_stage(bb.stages[2], x)
         return layer3, bb.run_stage(bb.stages[3], layer3)
 
-    def _logits(self, head: nn.Module, feats: Tensor, B: int, size: tuple[int, int]) -> Tensor:
-        logits = F.interpolate(head(feats), size, mode="bilinear", align_corners=False)
+    def _logits(
+        self, head: nn.Module, feats: Tensor, B: int, size: tuple[int, int] | None
+    ) -> Tensor:
+        logits = head(feats)
+        if size is not None:
+            logits = F.interpolate(logits, size, mode="bilinear", align_corners=False)
         return logits.view(B, -1, *logits.shape[1:])
 
     def frames(self, x: Tensor) -> Tensor:
@@ -189,22 +210,49 @@ class SegmentationNetwork(nn.Module):
         return self._logits(self.head, layer4, x.shape[0], x.shape[-2:])
 
     def _merge(self, frames: Tensor) -> tuple[Tensor, Tensor]:
-        if self.cell is None or not self.unwarp or frames.shape[1] == 1:
+        unwarps = self.cell is not None and self.unwarp and hasattr(self.cell, "unwarp")
+        if not unwarps or (frames.shape[1] == 1 and not getattr(self.cell, "per_frame", False)):
             probs = torch.softmax(frames, 2) if self.average == "probs" else frames
             mean = probs.mean(1)
             return mean, mean.new_ones(mean.shape[0], 1, *mean.shape[2:])
         return self.cell.unwarp(frames, self.average)
 
+    def merge(self, frames: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Per-frame logits (B, T, classes, h, w) from :meth:`trunk` -> (B, classes, H, W)
+        and coverage (B, 1, H, W) at ``size``: un-warped (or averaged), then upsampled when
+        they are at the head's resolution (``unwarp_at="features"``)."""
+        out, coverage = self._merge(frames)
+        if tuple(out.shape[-2:]) != tuple(size):
+            out = F.interpolate(out, size, mode="bilinear", align_corners=False)
+            coverage = F.interpolate(coverage, size, mode="bilinear", align_corners=False)
+        return out, coverage
+
+    def trunk(self, video: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
+        """The backbone and heads on a video (B, T, C, H, W): per-frame logits of the head
+        and (training only) of the aux head, at ``size`` (``unwarp_at="input"``) or the
+        head's resolution (``"features"``)."""
+        B = video.shape[0]
+        at = None if self.unwarp_at == "features" else tuple(size)
+        layer3, layer4 = self._features(video)
+        out = self._logits(self.head, layer4, B, at)
+        aux = None
+        if self.aux_head is not None and self.training:
+            aux = self._logits(self.aux_head, layer3, B, at)
+        return out, aux
+
+    def video(self, x: Tensor) -> Tensor:
+        """The frames the backbone sees: (B, T, C, H, W)."""
+        return x.unsqueeze(1) if self.cell is None else self.cell(x)
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         if x.dim() != 4:
             raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
-        B, size = x.shape[0], x.shape[-2:]
-        video = x.unsqueeze(1) if self.cell is None else self.cell(x)
-        layer3, layer4 = self._features(video)
-        out, coverage = self._merge(self._logits(self.head, layer4, B, size))
+        size = tuple(x.shape[-2:])
+        out_frames, aux_frames = self.trunk(self.video(x), size)
+        out, coverage = self.merge(out_frames, size)
         result = {"out": out, "coverage": coverage}
-        if self.aux_head is not None and self.training:
-            result["aux"] = self._merge(self._logits(self.aux_head, layer3, B, size))[0]
+        if aux_frames is not None:
+            result["aux"] = self.merge(aux_frames, size)[0]
         return result
 
 
