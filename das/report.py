@@ -28,12 +28,10 @@ __all__ = [
     "write_ablation_report",
     "write_log",
     "write_search_report",
-    "write_seg_predictions",
-    "write_seg_search_report",
 ]
 
 
-def _plt():
+def plt_module():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,7 +68,7 @@ def write_log(rows: list[dict[str, Any]], stem: Path) -> None:
 
 def plot_tau(rows: list[dict[str, Any]], edges: Sequence[tuple[int, int]], path: Path) -> None:
     """softmax(tau) of every op per edge over epochs (epoch 0 = initialisation)."""
-    plt = _plt()
+    plt = plt_module()
     n = len(edges)
     cols = min(5, n)
     nrows = math.ceil(n / cols)
@@ -97,7 +95,7 @@ def plot_tau(rows: list[dict[str, Any]], edges: Sequence[tuple[int, int]], path:
 def plot_selection(records: list[dict[str, Any]], path: Path, metric: str = "accuracy") -> None:
     """Per edge, the validation-accuracy (or `metric`) drop when each op is masked (chosen
     op hatched)."""
-    plt = _plt()
+    plt = plt_module()
     records = sorted(records, key=lambda r: r["edge"])
     ops = list(records[0]["op_acc"])
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(records) * len(ops) / 3), 3.6))
@@ -126,7 +124,7 @@ def plot_curves(
 ) -> None:
     """Loss and accuracy curves per epoch for the given ``<name>_loss``/``<name>_acc`` keys
     (``metric="miou"``: ``<name>_miou``, mIoU)."""
-    plt = _plt()
+    plt = plt_module()
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(9, 3.2))
     rows = [r for r in rows if r.get("epoch", 0) > 0]
     epochs = [r["epoch"] for r in rows]
@@ -148,7 +146,7 @@ def plot_curves(
 def plot_video(images: Any, video: Any, path: Path, steps: Sequence[int]) -> None:
     """One row per image: the image, then its T frames. ``images`` (N, C, H, W) and ``video``
     (N, T, C, H, W), pixel values in [0, 1] (clipped for display); ``steps`` label the frames."""
-    plt = _plt()
+    plt = plt_module()
     n, t = video.shape[:2]
     fig, axes = plt.subplots(n, t + 1, figsize=(1.3 * (t + 1), 1.3 * n), squeeze=False)
     for r in range(n):
@@ -213,8 +211,8 @@ def write_search_report(searcher: Searcher, result: dict[str, Any]) -> None:
         f"- time: search {searcher.seconds['search']:.1f} s, "
         f"selection {searcher.seconds['select']:.1f} s; "
         f"mean {sum(steps) / max(len(steps), 1):.4f} s per search step "
-        f"(arch {_mean(rows, 'sec_arch_step'):.4f} + "
-        f"weights {_mean(rows, 'sec_weight_step'):.4f})",
+        f"(arch {mean_of(rows, 'sec_arch_step'):.4f} + "
+        f"weights {mean_of(rows, 'sec_weight_step'):.4f})",
         f"- supernet after selection: val acc {result['final_val_acc']:.4f} "
         f"({len(searcher.eval_loader.data)} images of the arch half)",
         "",
@@ -288,7 +286,7 @@ def write_search_report(searcher: Searcher, result: dict[str, Any]) -> None:
     atomic_write_text("\n".join(lines), out / "report.md")
 
 
-def _mean(rows: list[dict[str, Any]], key: str) -> float:
+def mean_of(rows: list[dict[str, Any]], key: str) -> float:
     vals = [r[key] for r in rows if key in r]
     return sum(vals) / max(len(vals), 1)
 
@@ -419,184 +417,3 @@ def write_ablation_report(results: list[dict[str, Any]], out: Path, cfg: RunConf
         "",
     ]
     atomic_write_text("\n".join(lines), out / "ablation.md")
-
-
-# ----------------------------------------------------------------------------- segmentation
-
-
-def _label_image(labels: Any, classes: int) -> Any:
-    """(H, W) class ids (255 = ignore, black) -> (H, W, 3) colours (tab20)."""
-    import numpy as np
-
-    plt = _plt()
-    colours = np.array([plt.get_cmap("tab20")(c % 20)[:3] for c in range(classes)])
-    lab = labels.cpu().numpy()
-    out = np.zeros((*lab.shape, 3))
-    valid = lab < classes
-    out[valid] = colours[lab[valid]]
-    return out
-
-
-def plot_seg_predictions(
-    images: Any, masks: Any, frames: Any, unwarped: Any, classes: int, path: Path
-) -> None:
-    """One row per sample: image | ground truth | each frame's prediction (in the frame's
-    own coordinates) | the un-warped prediction. ``images`` (N, 3, H, W) in [0, 1],
-    ``masks`` and ``unwarped`` (N, H, W), ``frames`` (N, T, H, W) class ids."""
-    plt = _plt()
-    n, t = frames.shape[:2]
-    cols = t + 3
-    fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.3 * n), squeeze=False)
-    for r in range(n):
-        panels = [images[r].clamp(0, 1).permute(1, 2, 0).cpu().numpy(), masks[r]]
-        panels += [frames[r, k] for k in range(t)] + [unwarped[r]]
-        titles = ["image", "truth"] + [f"frame {k}" for k in range(t)] + ["un-warped"]
-        for c, panel in enumerate(panels):
-            ax = axes[r][c]
-            ax.imshow(panel if c == 0 else _label_image(panel, classes))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(titles[c], fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def write_seg_predictions(network: Any, images: Any, masks: Any, bundle: Any, path: Path) -> None:
-    """``path``: predictions of `network` on pixel `images` (normalised with the bundle's
-    statistics) next to their `masks` (see :func:`plot_seg_predictions`)."""
-    import torch
-
-    from das.segtask import predictions
-
-    device = next(network.parameters()).device
-    mean = torch.tensor(bundle.mean).view(1, -1, 1, 1)
-    std = torch.tensor(bundle.std).view(1, -1, 1, 1)
-    frames, unwarped = predictions(network, ((images - mean) / std).to(device))
-    plot_seg_predictions(images, masks, frames, unwarped, bundle.num_classes, path)
-
-
-def write_seg_search_report(searcher: Any, result: dict[str, Any]) -> None:
-    """A finished segmentation search's outputs: genotype.json, selection.json, tau.png,
-    curves.png (loss and mIoU), selection.png (mIoU drops), video.png (the genotype's frames),
-    predictions.png (image | truth | each frame's prediction | un-warped) and report.md."""
-    out, cfg = searcher.out, searcher.cfg
-    assert cfg.search is not None and cfg.cell is not None and cfg.task is not None
-    from das.segtask import first_items
-
-    genotype: Genotype = result["genotype"]
-    genotype.save(out / "genotype.json")
-    atomic_write_text(json.dumps(result["records"], indent=1) + "\n", out / "selection.json")
-    plot_tau(searcher.log, searcher.cell.edges, out / "tau.png")
-    plot_curves(searcher.log, out / "curves.png", ("train", "arch", "val"), "miou")
-    if result["records"]:
-        plot_selection(result["records"], out / "selection.png", "mIoU")
-    bundle = searcher.bundle
-    images, masks = first_items(bundle.val, 4)
-    video = genotype_video(genotype, images, bundle.mean, bundle.std, bundle.aspect)
-    plot_video(
-        images,
-        video,
-        out / "video.png",
-        [int(s) for s in frame_steps(genotype.frames, genotype.mode)],
-    )
-    write_seg_predictions(searcher.network, images, masks, bundle, out / "predictions.png")
-    rows = [r for r in searcher.log if r["epoch"] > 0]
-    steps = [r["sec_per_step"] for r in rows]
-    t = cfg.task
-    n_eval = len(searcher.eval_loader.data)
-    lines = [
-        "# DAS search report (segmentation)",
-        "",
-        f"- data: {bundle.describe()} (weights half {len(searcher.w_loader.data)}, "
-        f"arch half {len(searcher.a_loader.data)})",
-        f"- model: {cfg.model.arch} fusion={cfg.model.fusion} frames={cfg.model.frames} "
-        f"nodes={cfg.cell.nodes} ops={list(searcher.cell.ops)}; head {t.head}, output stride "
-        f"{t.output_stride}, aux weight {t.aux_weight}, un-warp averages {t.unwarp_average}",
-        f"- search: {cfg.search.epochs} epochs x {searcher.steps_per_epoch} steps, "
-        f"order {cfg.search.order}, batch {cfg.search.batch_size} x {searcher.env.world} "
-        f"process(es), device {searcher.dev}, ops backend {cfg.runtime.ops_backend}",
-        f"- das_kernels backend on {searcher.dev.type}: "
-        f"{backend_name(searcher.dev, cfg.runtime.ops_backend)}",
-        f"- time: search {searcher.seconds['search']:.1f} s, "
-        f"selection {searcher.seconds['select']:.1f} s; "
-        f"mean {sum(steps) / max(len(steps), 1):.4f} s per search step "
-        f"(arch {_mean(rows, 'sec_arch_step'):.4f} + "
-        f"weights {_mean(rows, 'sec_weight_step'):.4f})",
-        f"- supernet after selection: val mIoU {result['final_val_acc']:.4f} "
-        f"({n_eval} whole images of the arch half; one confusion matrix, ignore pixels "
-        "excluded, classes absent from truth and prediction left out of the mean)",
-        "",
-        "## Genotype",
-        "",
-        markdown_table(
-            ["edge", "from", "to", "op", "magnitude"],
-            [
-                [e, i, j, op, m]
-                for e, ((i, j), op, m) in enumerate(
-                    zip(genotype.edges, genotype.ops, genotype.magnitudes)
-                )
-            ],
-        ),
-        "",
-        "The genotype's frames of four validation images, and the supernet's predictions after "
-        "selection (image | truth | each frame's prediction, in the frame's coordinates | "
-        "un-warped and averaged):",
-        "",
-        "![video](video.png)",
-        "",
-        "![predictions](predictions.png)",
-        "",
-        "## Per-epoch log",
-        "",
-        markdown_table(
-            ["epoch", "train loss", "train mIoU", "arch loss", "arch mIoU", "val mIoU", "s/step"],
-            [
-                [
-                    r["epoch"],
-                    r["train_loss"],
-                    r["train_miou"],
-                    r["arch_loss"],
-                    r["arch_miou"],
-                    r.get("val_miou", float("nan")),
-                    r["sec_per_step"],
-                ]
-                for r in rows
-            ],
-        ),
-        "",
-        "![curves](curves.png)",
-        "",
-        "## Architecture weights (softmax of tau) per edge",
-        "",
-        "![tau](tau.png)",
-        "",
-    ]
-    if result["records"]:
-        ops = list(searcher.cell.ops)
-        lines += [
-            "## Perturbation selection",
-            "",
-            f"mIoU drop ({n_eval} images of the arch half) when each op of an edge is masked; "
-            "the op whose removal hurts most is kept (ties: the larger loss increase). In "
-            "selection.json, base_acc / op_acc hold mIoU. Edges in selection order.",
-            "",
-            markdown_table(
-                ["edge", "from->to", "base mIoU", *[f"drop {o}" for o in ops], "kept"],
-                [
-                    [
-                        r["edge"],
-                        f"{r['src']}->{r['dst']}",
-                        r["base_acc"],
-                        *[r["drop"][o] for o in ops],
-                        r["chosen"],
-                    ]
-                    for r in result["records"]
-                ],
-            ),
-            "",
-            "![selection](selection.png)",
-            "",
-        ]
-    atomic_write_text("\n".join(lines), out / "report.md")

@@ -208,9 +208,9 @@ def _show(image: Tensor) -> Tensor:
 
 def plot(result: dict[str, Any], out: Path) -> list[Path]:
     """rf_grid.png, rf_compare.png, rf_profile.png."""
-    from das.report import _plt
+    from das.report import plt_module
 
-    plt = _plt()
+    plt = plt_module()
     runs = result["runs"]
     paths = []
     frames = max(r["frames"] for r in runs)

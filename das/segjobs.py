@@ -24,7 +24,7 @@ from das.cell import Genotype
 from das.config import RunConfig
 from das.engine import Meter, cosine_lr, make_sgd, set_lr
 from das.metrics import ConfusionMatrix
-from das.report import plot_curves, write_log, write_seg_predictions, write_seg_search_report
+from das.report import plot_curves, write_log
 from das.runtime import (
     DistEnv,
     all_reduce_,
@@ -35,6 +35,7 @@ from das.runtime import (
 )
 from das.search import Searcher, StepStats, _eval_subset
 from das.segdata import IGNORE_INDEX
+from das.segreport import write_seg_predictions, write_seg_search_report
 from das.select import edge_order
 from das.train import Trainer
 from das.variants import VIDEO_VARIANTS
