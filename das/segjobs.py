@@ -10,8 +10,6 @@ prediction pictures (image | truth | each frame's prediction | un-warped predict
 from __future__ import annotations
 
 import copy
-import json
-import sys
 import time
 from typing import Any
 
@@ -24,11 +22,9 @@ from das.cell import Genotype
 from das.config import RunConfig
 from das.engine import Meter, cosine_lr, make_sgd, set_lr
 from das.metrics import ConfusionMatrix
-from das.report import plot_curves, write_log
 from das.runtime import (
     DistEnv,
     all_reduce_,
-    atomic_write_text,
     broadcast_buffers,
     seed_everything,
     synchronize,
@@ -292,42 +288,16 @@ class SegTrainer(Trainer):
             "sec_per_step": t_steps / max(n_steps, 1),
         }
 
-    def run(self) -> dict[str, Any]:
-        t = self.settings
-        while not self._done():
-            t0 = time.perf_counter()
-            stats = self.train_epoch()
-            self.epoch += 1
-            every = t.eval_every
-            ev = self.evaluate() if self._done() or (every and self.epoch % every == 0) else None
-            self.seconds += time.perf_counter() - t0
-            row = {"epoch": self.epoch, **stats, "epoch_sec": time.perf_counter() - t0}
-            if ev is not None:
-                row.update(val_loss=ev["loss"], val_miou=ev["miou"], val_pixel_acc=ev["pixel_acc"])
-            self.log.append(row)
-            if self.env.is_main:
-                msg = (
-                    f"[{t.variant}] epoch {self.epoch}: train loss {stats['train_loss']:.4f} "
-                    f"mIoU {stats['train_miou']:.4f}"
-                )
-                if ev is not None:
-                    msg += f" | val mIoU {ev['miou']:.4f}"
-                print(msg + f" | {stats['sec_per_step']:.3f} s/step", file=sys.stderr, flush=True)
-                write_log(self.log, self.out / "train_log")
-            self.save()
-        final = self.evaluate()
-        result = self.result(final)
-        if self.env.is_main:
-            write_log(self.log, self.out / "train_log")
-            if self.log:
-                plot_curves(self.log, self.out / "curves.png", ("train", "val"), "miou")
-            images, masks = segtask.first_items(self.bundle.val, 4)
-            write_seg_predictions(
-                self.network, images, masks, self.bundle, self.out / "predictions.png"
-            )
-            atomic_write_text(json.dumps(result, indent=1) + "\n", self.out / "result.json")
-        self.env.barrier()
-        return result
+    METRIC = ("mIoU", "miou")
+
+    def val_fields(self, ev: dict[str, Any]) -> dict[str, Any]:
+        return {"val_miou": ev["miou"], "val_pixel_acc": ev["pixel_acc"]}
+
+    def write_extras(self) -> None:
+        images, masks = segtask.first_items(self.bundle.val, 4)
+        write_seg_predictions(
+            self.network, images, masks, self.bundle, self.out / "predictions.png"
+        )
 
     def result(self, final: dict[str, Any]) -> dict[str, Any]:
         t = self.settings

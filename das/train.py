@@ -170,15 +170,16 @@ class Trainer:
             self.seconds += time.perf_counter() - t0
             row = {"epoch": self.epoch, **stats, "epoch_sec": time.perf_counter() - t0}
             if ev is not None:
-                row.update(val_loss=ev["loss"], val_acc=ev["acc"])
+                row.update(val_loss=ev["loss"], **self.val_fields(ev))
             self.log.append(row)
             if self.env.is_main:
+                name, key = self.METRIC
                 msg = (
                     f"[{t.variant}] epoch {self.epoch}: train loss {stats['train_loss']:.4f} "
-                    f"acc {stats['train_acc']:.4f}"
+                    f"{name} {stats['train_' + key]:.4f}"
                 )
                 if ev is not None:
-                    msg += f" | val acc {ev['acc']:.4f}"
+                    msg += f" | val {name} {ev[key]:.4f}"
                 print(msg + f" | {stats['sec_per_step']:.3f} s/step", file=sys.stderr, flush=True)
                 write_log(self.log, self.out / "train_log")
             self.save()
@@ -187,10 +188,20 @@ class Trainer:
         if self.env.is_main:
             write_log(self.log, self.out / "train_log")
             if self.log:
-                plot_curves(self.log, self.out / "curves.png", ("train", "val"))
+                plot_curves(self.log, self.out / "curves.png", ("train", "val"), self.METRIC[1])
+            self.write_extras()
             atomic_write_text(json.dumps(result, indent=1) + "\n", self.out / "result.json")
         self.env.barrier()
         return result
+
+    METRIC = ("acc", "acc")  # (name in messages, key of the evaluation and log)
+
+    def val_fields(self, ev: dict[str, Any]) -> dict[str, Any]:
+        """What an evaluation adds to an epoch's log row besides its loss."""
+        return {"val_acc": ev["acc"]}
+
+    def write_extras(self) -> None:
+        """Pictures a task adds to a finished run's outputs (rank 0)."""
 
     def result(self, final: dict[str, float]) -> dict[str, Any]:
         t = self.settings
