@@ -278,6 +278,13 @@ def add_runtime_args(p: argparse.ArgumentParser, out_default: str, resume_help: 
         "a third more compute per training step; default normal)",
     )
     g.add_argument(
+        "--workers",
+        type=nonneg_int,
+        default=0,
+        help="DataLoader worker processes that read (decode) the batches; the batches are "
+        "the same with or without them (default 0: read in this process)",
+    )
+    g.add_argument(
         "--threads",
         type=positive_int,
         default=None,

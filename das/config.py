@@ -159,6 +159,7 @@ class RuntimeConfig:
     amp: bool
     ops_backend: str
     memory: str  # normal | lean (das.models.memory): the same numbers, less memory
+    workers: int  # DataLoader worker processes reading batches (the same batches)
     threads: int | None
     deterministic: bool
     no_progress: bool
@@ -172,6 +173,7 @@ class RuntimeConfig:
         "threads",
         "ops_backend",
         "memory",
+        "workers",
         "resume",
     )
 

@@ -105,6 +105,7 @@ class Searcher:
             self.bundle.mean,
             self.bundle.std,
             env,
+            cfg.runtime.workers,
         )
         self.w_stream, self.a_stream = BatchStream(self.w_loader), BatchStream(self.a_loader)
         self.steps_per_epoch = s.steps_per_epoch or len(self.w_loader)

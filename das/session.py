@@ -122,6 +122,7 @@ def train_loader(
         rank=env.rank,
         world=env.world,
         device=env.device,
+        num_workers=cfg.runtime.workers,
     )
 
 
@@ -131,8 +132,10 @@ def eval_loader(
     mean: Sequence[float],
     std: Sequence[float],
     env: DistEnv,
+    workers: int = 0,
 ) -> BatchLoader:
-    """Batches in a fixed order, nothing random, sharded over the ranks."""
+    """Batches in a fixed order, nothing random, sharded over the ranks; ``workers``
+    DataLoader processes read them (``--workers``)."""
     return BatchLoader(
         images,
         batch_size,
@@ -142,6 +145,7 @@ def eval_loader(
         rank=env.rank,
         world=env.world,
         device=env.device,
+        num_workers=workers,
     )
 
 

@@ -65,7 +65,7 @@ class Trainer:
         self.meta = session.DataMeta.of(bundle)
         self.train_loader = session.train_loader(cfg, bundle, bundle.train, 2, env)
         self.val_loader = session.eval_loader(
-            bundle.val, max(t.batch_size, 128), bundle.mean, bundle.std, env
+            bundle.val, max(t.batch_size, 128), bundle.mean, bundle.std, env, cfg.runtime.workers
         )
         self.steps_per_epoch = len(self.train_loader)
         total = self.steps_per_epoch * t.epochs

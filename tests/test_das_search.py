@@ -249,3 +249,16 @@ def test_search_on_cifar10_small(tmp_path):
     args += ["--genotype", str(tmp_path / "g.json"), "--epochs", "1", "--max-steps", "2"]
     assert train.main([*args, "--out", str(tmp_path / "t")]) == 0
     assert json.loads((tmp_path / "t" / "result.json").read_text())["steps"] == 2
+
+
+def test_workers_give_the_same_search(tmp_path):
+    """--workers N reads the batches in DataLoader worker processes: the same batches."""
+    args = ["--fusion", FAST_FUSION, "--eval-images", "16"]
+    plain = _search(tmp_path / "plain", *args)
+    workers = _search(tmp_path / "workers", *args, "--workers", "2")
+    assert (plain / "genotype.json").read_text() == (workers / "genotype.json").read_text()
+    logs = [json.loads((d / "search_log.json").read_text()) for d in (plain, workers)]
+    for a, b in zip(*logs):
+        assert {k: v for k, v in a.items() if k not in TIMING_KEYS} == {
+            k: v for k, v in b.items() if k not in TIMING_KEYS
+        }
