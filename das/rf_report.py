@@ -171,7 +171,7 @@ def receptive_fields(args: argparse.Namespace) -> dict[str, Any]:
     return {"runs": runs, "baseline": baseline["checkpoint"] if baseline else None}
 
 
-def _json(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def _json(result: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     keep = ("checkpoint", "variant", "stage", "frames", "theoretical_rf", "temporal_modules")
     keep += ("frames_mixed", "reshaped_area", "square_area")
     out = []
@@ -191,7 +191,7 @@ def _json(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                     row[kind]["js_split_half"] = part["js_split_half"]
         out.append(row)
     return {
-        "command": "python -m das.rf " + " ".join(sys.argv[1:]),
+        "command": "python -m das.rf " + " ".join(argv),
         "images": args.images,
         "bootstrap": args.bootstrap,
         "upsample": args.upsample,
@@ -270,6 +270,7 @@ def plot(result: dict[str, Any], out: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.images < 1 or args.bootstrap < 1 or args.upsample <= 0:
         parser.error("--images and --bootstrap must be >= 1 and --upsample > 0")
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"python -m das.rf: error: {exc}\n")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    payload = _json(result, args)
+    payload = _json(result, args, argv)
     atomic_write_text(json.dumps(payload, indent=2) + "\n", out / "rf.json")
     pictures = plot(result, out)
     for run in payload["runs"]:

@@ -40,7 +40,6 @@ __all__ = [
     "SegmentationFolder",
     "collate_segmentation",
     "detect_seg_format",
-    "segmentation_split",
 ]
 
 IGNORE_INDEX = 255
@@ -274,9 +273,3 @@ def collate_segmentation(batch: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor
         images.append(F.pad(image, pad))
         masks.append(F.pad(mask, pad, value=IGNORE_INDEX))
     return torch.stack(images), torch.stack(masks)
-
-
-def segmentation_split(root: str | Path, split: str, fmt: str = "auto") -> list[tuple[Path, Path]]:
-    """The (image, mask) file pairs of one split (for listing and checks)."""
-    root = Path(root).expanduser()
-    return PAIRS[detect_seg_format(root) if fmt == "auto" else fmt](root, split)
