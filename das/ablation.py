@@ -68,6 +68,7 @@ def run_ablation(cfg: RunConfig, env: DistEnv | None = None) -> list[dict[str, A
     if cfg.train.jobs > 1:
         results = _run_parallel(runs, cfg.train.jobs)
         write_ablation_report(results, cfg.out, cfg)
+        _receptive_fields(cfg, runs)
         return results
     with session.process(cfg.runtime.device, None, env) as env:
         bundle = _load_bundle(cfg)
@@ -81,7 +82,24 @@ def run_ablation(cfg: RunConfig, env: DistEnv | None = None) -> list[dict[str, A
             results.append(result)
         if env.is_main:
             write_ablation_report(results, cfg.out, cfg)
+            _receptive_fields(cfg, runs)
         return results
+
+
+def _receptive_fields(cfg: RunConfig, runs: list[tuple[str, RunConfig]]) -> None:
+    """``--rf``: das.rf on the first seed's checkpoint of every run (against the baseline
+    when it is among them), into OUT/rf/ and a section of ablation.md."""
+    assert cfg.train is not None
+    if not cfg.train.rf:
+        return
+    first: dict[str, RunConfig] = {}
+    for name, sub in runs:
+        first.setdefault(name, sub)
+    ordered = sorted(first.values(), key=lambda sub: sub.train.variant != "baseline")
+    from das.rf_report import write_train_fields
+
+    checkpoints = [sub.out / "checkpoint.pt" for sub in ordered]
+    write_train_fields(checkpoints, cfg.out / "rf", cfg.out / "ablation.md")
 
 
 def _load_bundle(cfg: RunConfig) -> Any:

@@ -405,6 +405,13 @@ def _search_parser() -> argparse.ArgumentParser:
         default=0.01,
         help="SGD learning rate while fine-tuning",
     )
+    p.add_argument(
+        "--rf",
+        action="store_true",
+        help="after the search, the effective receptive field of the searched backbone fed "
+        "by each single-op genotype and by the genotype (Fig. 1b): OUT/rf/ and a report "
+        "section (classification)",
+    )
     add_runtime_args(
         p,
         "runs/search",
@@ -503,6 +510,13 @@ def _train_parser() -> argparse.ArgumentParser:
         help="only evaluate a trained checkpoint (--checkpoint, default OUT/checkpoint.pt)",
     )
     p.add_argument("--checkpoint", default=None, help="checkpoint for --eval-only")
+    p.add_argument(
+        "--rf",
+        action="store_true",
+        help="after training, effective receptive fields (python -m das.rf) of the run, or of "
+        "the first seed of every --ablation run against the baseline: OUT/rf/ and a section "
+        "of ablation.md (classification)",
+    )
     return p
 
 

@@ -102,6 +102,7 @@ class SearchConfig:
     select_order: str
     finetune_epochs: float
     finetune_lr: float
+    rf: bool  # receptive fields of the searched backbone in the report (das.rf_report)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ class TrainConfig:
     eval_every: int
     eval_only: bool
     checkpoint: str | None
+    rf: bool  # receptive fields of the trained run(s) (das.rf_report)
 
 
 @dataclass(frozen=True)
@@ -418,8 +420,17 @@ def _check_gsf(model: ModelConfig, fusions: list[str]) -> None:
         )
 
 
+def _check_rf(cfg: RunConfig) -> None:
+    if cfg.job.rf and cfg.segmentation:
+        raise ConfigError(
+            "--rf: receptive fields are measured for classification runs only (for a "
+            "segmentation network the unit would be a logit; not built yet)"
+        )
+
+
 def _check_search(cfg: RunConfig) -> None:
     assert cfg.cell is not None and cfg.search is not None
+    _check_rf(cfg)
     try:
         resolve_ops(cfg.cell.ops)
     except ValueError as exc:
@@ -433,6 +444,7 @@ def _check_search(cfg: RunConfig) -> None:
 def _check_train(cfg: RunConfig) -> None:
     t = cfg.train
     assert t is not None
+    _check_rf(cfg)
     if t.genotype not in (None, "random"):
         try:
             Genotype.load(t.genotype)

@@ -3,7 +3,9 @@
 
 * ``layer_specs(backbone, stage)``: (kernel, stride) of every layer on the main path up to
   ``stage`` (1..4), dilation folded into the kernel; ``theoretical_rf(specs)`` is Eq. 8,
-  ``r0 = sum_l (k_l - 1) prod_{j<l} s_j + 1``.
+  ``r0 = sum_l (k_l - 1) prod_{j<l} s_j + 1``; ``unit_centre`` is where a unit's field is
+  centred in the image (``layer_geometry`` adds the paddings), the origin of the radii and of
+  the centroid offset.
 * ``reshaped_field(r0, matrices)``: the union of one r0 x r0 field per frame, each mapped into
   the image by that frame's pixel-space sampling matrix (frame pixel q shows image point
   ``M q``); its area in pixels (measured on a 1/16-pixel raster, exact for axis-aligned
@@ -31,32 +33,51 @@ __all__ = [
     "bootstrap",
     "effective_rf",
     "js_divergence",
+    "layer_geometry",
     "layer_specs",
     "reshaped_field",
     "rf_metrics",
     "temporal_modules_passed",
     "theoretical_rf",
+    "unit_centre",
 ]
 
 MASS_LEVELS = (0.2, 0.5, 0.9)
 
 
-def _spec(layer: nn.Module) -> tuple[int, int]:
-    k, s, d = layer.kernel_size, layer.stride, getattr(layer, "dilation", 1)
-    k, s, d = (v[0] if isinstance(v, tuple) else v for v in (k, s, d))
-    return d * (k - 1) + 1, s
+def _geometry(layer: nn.Module) -> tuple[int, int, int]:
+    k, s, d, p = layer.kernel_size, layer.stride, getattr(layer, "dilation", 1), layer.padding
+    k, s, d, p = (v[0] if isinstance(v, tuple) else v for v in (k, s, d, p))
+    return d * (k - 1) + 1, s, p
+
+
+def layer_geometry(backbone: VideoResNet, stage: int = 4) -> list[tuple[int, int, int]]:
+    """(effective kernel, stride, padding) along the main path through ``stage`` stages
+    (0: the stem), dilation folded into the kernel."""
+    if not 0 <= stage <= len(backbone.stages):
+        raise ValueError(f"stage must be 0..{len(backbone.stages)}, got {stage}")
+    layers = [_geometry(m) for m in backbone.stem if isinstance(m, (nn.Conv2d, nn.MaxPool2d))]
+    for block_stage in list(backbone.stages)[:stage]:
+        for block in block_stage:
+            convs = ["conv1", "conv2"] + (["conv3"] if isinstance(block, Bottleneck) else [])
+            layers += [_geometry(getattr(block, name)) for name in convs]
+    return layers
 
 
 def layer_specs(backbone: VideoResNet, stage: int = 4) -> list[tuple[int, int]]:
     """(effective kernel, stride) along the main path through ``stage`` stages (0: the stem)."""
-    if not 0 <= stage <= len(backbone.stages):
-        raise ValueError(f"stage must be 0..{len(backbone.stages)}, got {stage}")
-    specs = [_spec(m) for m in backbone.stem if isinstance(m, (nn.Conv2d, nn.MaxPool2d))]
-    for block_stage in list(backbone.stages)[:stage]:
-        for block in block_stage:
-            convs = ["conv1", "conv2"] + (["conv3"] if isinstance(block, Bottleneck) else [])
-            specs += [_spec(getattr(block, name)) for name in convs]
-    return specs
+    return [(k, s) for k, s, _ in layer_geometry(backbone, stage)]
+
+
+def unit_centre(geometry: Sequence[tuple[int, int, int]], index: int) -> float:
+    """Input coordinate (pixel centres at integers) of the centre of the field of feature
+    ``index`` after the layers ``geometry`` ((kernel, stride, padding) each): output o of a
+    layer is centred on input ``o * s - p + (k - 1) / 2``. With stride 2 and 'same' padding the
+    central unit of an even-sized map sits half a pixel off the image's middle."""
+    x = float(index)
+    for k, s, p in reversed(list(geometry)):
+        x = x * s - p + (k - 1) / 2
+    return x
 
 
 def theoretical_rf(specs: Sequence[tuple[int, int]]) -> int:

@@ -21,32 +21,42 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from das import session
 from das.cell import DiscreteCell, Genotype, ReplicaCell
 from das.config import RunConfig
 from das.data import DataError
+from das.models import VideoNetwork
 from das.rf import (
     bootstrap,
     effective_rf,
     js_divergence,
-    layer_specs,
+    layer_geometry,
     reshaped_field,
     rf_metrics,
     temporal_modules_passed,
     theoretical_rf,
+    unit_centre,
 )
 from das.runtime import DistEnv, atomic_write_text, load_checkpoint, resolve_device
 from das.unwarp import path_terms
 from das_kernels.affine import to_pixel_matrix
 
-__all__ = ["main", "receptive_fields"]
+__all__ = [
+    "main",
+    "markdown",
+    "receptive_fields",
+    "search_fields",
+    "write_search_fields",
+    "write_train_fields",
+]
 
 STAGES = {"layer1": 1, "layer2": 2, "layer3": 3, "layer4": 4}
 
@@ -68,10 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _unit_matrices(cell: Any, frames: int, mixed: int, H: int, W: int) -> Tensor:
-    """Pixel matrices about the image centre of every (path, frame) the central unit mixes."""
+def _unit_matrices(cell: Any, frames: int, modules: int, H: int, W: int) -> Tensor:
+    """Pixel matrices about the image centre of every (path, frame) the central unit mixes:
+    the frames within ``modules`` (temporal modules passed) of the middle frame T//2."""
     centre = frames // 2
-    lo, hi = max(0, centre - (mixed - 1) // 2), min(frames, centre + (mixed - 1) // 2 + 1)
+    lo, hi = max(0, centre - modules), min(frames, centre + modules + 1)
     if isinstance(cell, DiscreteCell):
         edges = cell.genotype.edges
         theta, _ = path_terms(edges, cell.nodes, cell.theta, cell.one.expand(len(edges), 1))
@@ -112,10 +123,74 @@ def _network(cfg: RunConfig, ckpt: dict[str, Any], meta: Any, aspect: float, wei
     return network.eval()
 
 
+def _measure(
+    variant: str,
+    make: Callable[[str], nn.Module],
+    images: Tensor,
+    stage: int,
+    kinds: Sequence[str],
+    seed: int,
+) -> dict[str, Any]:
+    """ERF maps of ``make(kind)`` (an eval-mode network; kind trained / random) and the
+    fields of its backbone: Eq. 8, the reshaped area, the unit's centre in the image."""
+    run: dict[str, Any] = {"variant": variant}
+    for kind in kinds:
+        torch.manual_seed(seed)
+        network = make(kind)
+        features = _stage_features(network, stage)
+        with torch.no_grad():
+            video = network.video(images[:1])
+            h, w = features(images[:1]).shape[-2:]
+        frames = video.shape[1]
+        run[kind] = {"maps": effective_rf(features, images, frames).cpu()}
+    backbone = network.backbone
+    geometry = layer_geometry(backbone, stage)
+    r0 = theoretical_rf([(k, s) for k, s, _ in geometry])
+    modules = temporal_modules_passed(backbone, stage)
+    mixed = min(frames, 1 + 2 * modules)
+    H, W = images.shape[-2:]
+    area, _ = reshaped_field(r0, _unit_matrices(_inner_cell(network), frames, modules, H, W))
+    run.update(
+        stage=f"layer{stage}",
+        frames=frames,
+        theoretical_rf=r0,
+        temporal_modules=modules,
+        frames_mixed=mixed,
+        reshaped_area=area,
+        square_area=float(r0 * r0),
+        centre=(unit_centre(geometry, h // 2), unit_centre(geometry, w // 2)),
+        image=images[0].cpu(),
+        video=video[0].detach().cpu(),
+    )
+    return run
+
+
+def _summarise(
+    runs: list[dict[str, Any]], reference: dict[str, Any] | None, samples: int, seed: int
+) -> None:
+    """Adds to every run its metrics with bootstrap intervals, its split-half divergence
+    floor and its divergence from `reference` (the 2D baseline, or the replica cell)."""
+    for run in runs:
+        for kind in ("trained", "random"):
+            if kind not in run:
+                continue
+            part, centre = run[kind], run["centre"]
+            maps = part["maps"]
+            part["metrics"] = bootstrap(maps, lambda m, c=centre: rf_metrics(m, c), samples, seed)
+            if len(maps) > 1:  # the divergence image sampling alone gives: a noise floor
+                part["js_split_half"] = js_divergence(maps[0::2].mean(0), maps[1::2].mean(0))
+            if reference is not None and run is not reference and kind in reference:
+                pair = torch.stack([maps, reference[kind]["maps"]], 1)
+                part["js_vs_baseline"] = bootstrap(
+                    pair, lambda m: {"js": js_divergence(m[0], m[1])}, samples, seed
+                )["js"]
+
+
 def receptive_fields(args: argparse.Namespace) -> dict[str, Any]:
     """Compute everything ``rf.json`` holds (and the maps for the pictures)."""
     env = DistEnv(device=resolve_device(args.device))
     stage = STAGES[args.stage]
+    kinds = ("trained", "random") if args.random else ("trained",)
     runs = []
     for path in args.checkpoints:
         ckpt = load_checkpoint(path, "train")
@@ -123,60 +198,40 @@ def receptive_fields(args: argparse.Namespace) -> dict[str, Any]:
         bundle = session.load_bundle(cfg.data, source=args.data)
         meta = session.DataMeta.from_dict(ckpt["data"])
         aspect = bundle.train.x.shape[-1] / bundle.train.x.shape[-2]
-        loader = session.eval_loader(bundle.val, args.images, meta.mean, meta.std, env)
-        images, _ = next(iter(loader.epoch_batches(0)))
-        images = images[: args.images]
-        if args.upsample != 1:
-            images = F.interpolate(images, scale_factor=args.upsample, mode="bilinear")
-        H, W = images.shape[-2:]
-        run: dict[str, Any] = {"checkpoint": str(path), "variant": cfg.train.variant}
-        for kind in ("trained", "random") if args.random else ("trained",):
-            torch.manual_seed(args.seed)
-            network = _network(cfg, ckpt, meta, aspect, kind == "trained").to(env.device)
-            frames = network.video(images[:1].to(env.device)).shape[1]
-            maps = effective_rf(_stage_features(network, stage), images.to(env.device), frames)
-            run[kind] = {"maps": maps.cpu()}
-        backbone = network.backbone
-        r0 = theoretical_rf(layer_specs(backbone, stage))
-        modules = temporal_modules_passed(backbone, stage)
-        mixed = min(frames, 1 + 2 * modules)
-        area, _ = reshaped_field(r0, _unit_matrices(_inner_cell(network), frames, mixed, H, W))
-        run.update(
-            stage=args.stage,
-            frames=frames,
-            theoretical_rf=r0,
-            temporal_modules=modules,
-            frames_mixed=mixed,
-            reshaped_area=area,
-            square_area=float(r0 * r0),
-            image=images[0].cpu(),
-            video=network.video(images[:1].to(env.device))[0].detach().cpu(),
-        )
-        runs.append(run)
+        images = _images(bundle.val, args.images, meta.mean, meta.std, env, args.upsample)
+
+        def make(kind: str, cfg=cfg, ckpt=ckpt, meta=meta, aspect=aspect) -> nn.Module:
+            return _network(cfg, ckpt, meta, aspect, kind == "trained").to(env.device)
+
+        run = _measure(cfg.train.variant, make, images, stage, kinds, args.seed)
+        runs.append({"checkpoint": str(path), **run})
     baseline = next((r for r in runs if r["variant"] == "baseline"), None)
-    for run in runs:
-        for kind in ("trained", "random"):
-            if kind not in run:
-                continue
-            part = run[kind]
-            part["metrics"] = bootstrap(part["maps"], rf_metrics, args.bootstrap, args.seed)
-            maps = part["maps"]
-            if len(maps) > 1:  # the divergence image sampling alone gives: a noise floor
-                part["js_split_half"] = js_divergence(maps[0::2].mean(0), maps[1::2].mean(0))
-            if baseline is not None and run is not baseline and kind in baseline:
-                pair = torch.stack([part["maps"], baseline[kind]["maps"]], 1)
-                part["js_vs_baseline"] = bootstrap(
-                    pair, lambda m: {"js": js_divergence(m[0], m[1])}, args.bootstrap, args.seed
-                )["js"]
-    return {"runs": runs, "baseline": baseline["checkpoint"] if baseline else None}
+    _summarise(runs, baseline, args.bootstrap, args.seed)
+    return {
+        "runs": runs,
+        "baseline": baseline["checkpoint"] if baseline else None,
+        "reference": baseline,
+    }
+
+
+def _images(
+    images: Any, n: int, mean: Any, std: Any, env: DistEnv, upsample: float = 1.0
+) -> Tensor:
+    """The first `n` images of the set, normalised (and scaled by `upsample`), on the device."""
+    loader = session.eval_loader(images, n, mean, std, env)
+    x, _ = next(iter(loader.epoch_batches(0)))
+    x = x[:n]
+    if upsample != 1:
+        x = F.interpolate(x, scale_factor=upsample, mode="bilinear")
+    return x.to(env.device)
 
 
 def _json(result: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     keep = ("checkpoint", "variant", "stage", "frames", "theoretical_rf", "temporal_modules")
-    keep += ("frames_mixed", "reshaped_area", "square_area")
+    keep += ("frames_mixed", "reshaped_area", "square_area", "centre")
     out = []
     for run in result["runs"]:
-        row = {k: run[k] for k in keep}
+        row = {k: run[k] for k in keep if k in run}
         for kind in ("trained", "random"):
             if kind in run:
                 part = run[kind]
@@ -191,7 +246,7 @@ def _json(result: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> 
                     row[kind]["js_split_half"] = part["js_split_half"]
         out.append(row)
     return {
-        "command": "python -m das.rf " + " ".join(argv),
+        "command": getattr(args, "command", None) or "python -m das.rf " + " ".join(argv),
         "images": args.images,
         "bootstrap": args.bootstrap,
         "upsample": args.upsample,
@@ -229,7 +284,7 @@ def plot(result: dict[str, Any], out: Path) -> list[Path]:
     paths.append(out / "rf_grid.png")
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
-    baseline = next((r for r in runs if r["variant"] == "baseline"), None)
+    baseline = result.get("reference")
     others = [r for r in runs if r is not baseline]
     if baseline is not None and others:
         fig, axes = plt.subplots(len(others), 4, figsize=(8, 2 * len(others)), squeeze=False)
@@ -242,7 +297,8 @@ def plot(result: dict[str, Any], out: Path) -> list[Path]:
             row[1].imshow(base.numpy(), cmap="inferno")
             row[2].imshow(mine.numpy(), cmap="inferno")
             row[3].imshow(diff.numpy(), cmap="coolwarm", vmin=-span, vmax=span)
-            for ax, title in zip(row, ("image", "baseline", run["variant"], "difference")):
+            titles = ("image", baseline["variant"], run["variant"], "difference")
+            for ax, title in zip(row, titles):
                 ax.set_title(title, fontsize=8)
                 ax.axis("off")
         fig.tight_layout()
@@ -254,7 +310,8 @@ def plot(result: dict[str, Any], out: Path) -> list[Path]:
         m = run["trained"]["maps"].mean(0).double()
         H, W = m.shape
         yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-        radius = (((yy - (H - 1) / 2) ** 2 + (xx - (W - 1) / 2) ** 2).sqrt()).flatten()
+        cy, cx = run["centre"]
+        radius = (((yy - cy) ** 2 + (xx - cx) ** 2).sqrt()).flatten()
         order = radius.argsort()
         mass = (m.flatten()[order] / m.sum()).cumsum(0)
         ax.plot(radius[order].numpy(), mass.numpy(), label=run["variant"])
@@ -268,6 +325,143 @@ def plot(result: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
+def write_outputs(
+    result: dict[str, Any], args: argparse.Namespace, argv: Sequence[str], out: Path
+) -> dict[str, Any]:
+    """rf.json and the pictures in `out`; prints one line per run; returns rf.json's dict."""
+    out.mkdir(parents=True, exist_ok=True)
+    payload = _json(result, args, list(argv))
+    payload["pictures"] = [p.name for p in plot(result, out)]
+    atomic_write_text(json.dumps(payload, indent=2) + "\n", out / "rf.json")
+    reference = result.get("reference")
+    against = reference["variant"] if reference else "baseline"
+    for run in payload["runs"]:
+        m = run["trained"]
+        js = m.get("js_vs_baseline")
+        print(
+            f"{run['variant']:<12} r0 {run['theoretical_rf']} reshaped area "
+            f"{run['reshaped_area']:.0f} (square {run['square_area']:.0f}); ERF r50 "
+            f"{m['r50']['value']:.2f} [{m['r50']['low']:.2f}, {m['r50']['high']:.2f}] "
+            f"anisotropy {m['anisotropy']['value']:.2f}"
+            + (
+                f"; JS vs {against} {js['value']:.4f} [{js['low']:.4f}, {js['high']:.4f}]"
+                if js
+                else ""
+            )
+            + (f", split-half floor {m['js_split_half']:.4f}" if "js_split_half" in m else ""),
+            file=sys.stderr,
+        )
+    print(f"wrote {out / 'rf.json'}, " + ", ".join(payload["pictures"]), file=sys.stderr)
+    return payload
+
+
+def markdown(payload: dict[str, Any], folder: str, title: str = "Receptive fields") -> str:
+    """A report section: the numbers of rf.json as a table and its pictures (in `folder`,
+    relative to the report)."""
+    from das.report import markdown_table
+
+    def interval(v: dict[str, float] | None, digits: int = 2) -> str:
+        if v is None:
+            return "-"
+        return f"{v['value']:.{digits}f} [{v['low']:.{digits}f}, {v['high']:.{digits}f}]"
+
+    rows = []
+    for run in payload["runs"]:
+        m = run["trained"]
+        floor = m.get("js_split_half")
+        rows.append(
+            (
+                run["variant"],
+                run["theoretical_rf"],
+                f"{run['reshaped_area']:.0f}",
+                interval(m["r50"]),
+                interval(m["anisotropy"]),
+                interval(m.get("js_vs_baseline"), 4),
+                "-" if floor is None else f"{floor:.4f}",
+            )
+        )
+    header = ("run", "Eq. 8 r0", "reshaped area", "ERF r50", "anisotropy", "JS vs reference",
+              "split-half floor")  # fmt: skip
+    lines = [
+        f"## {title}",
+        "",
+        f"`{payload['command']}` ({payload['images']} images, stage "
+        f"{payload['runs'][0]['stage']}; 95 % bootstrap intervals over the images). A field "
+        "is reshaped beyond noise when its JS divergence from the reference clearly exceeds "
+        "the split-half floors (the divergence image sampling alone gives).",
+        "",
+        markdown_table(header, rows),
+        "",
+    ]
+    lines += [f"![{name}]({folder}/{name})" for name in payload.get("pictures", [])]
+    return "\n".join(lines) + "\n"
+
+
+def append_section(report: Path, section: str) -> None:
+    """Appends `section` to the Markdown file `report` (atomically)."""
+    text = report.read_text() if report.is_file() else ""
+    atomic_write_text(text.rstrip("\n") + "\n\n" + section, report)
+
+
+def search_fields(searcher: Any, genotype: Genotype, images: int = 64) -> dict[str, Any]:
+    """Fig. 1b for a finished search: the ERF of the searched backbone (trained weights) fed
+    by the cell of each single-op genotype (every edge that op, the searched magnitudes), by
+    the searched genotype, and by the all-identity genotype (the reference: the same frames
+    T times, with the same intensity gain as every other row, which the backbone's
+    BatchNorm statistics expect)."""
+    cell, backbone, bundle = searcher.cell, searcher.backbone, searcher.bundle
+    aspect = bundle.train.x.shape[-1] / bundle.train.x.shape[-2]
+    E = len(cell.edges)
+
+    def single(op: str) -> Genotype:
+        k = cell.ops.index(op) if op in cell.ops else None
+        mags = [float(cell.magnitudes[e, k]) for e in range(E)] if k is not None else []
+        return Genotype((op,) * E, cell.nodes, cell.frames, tuple(mags), cell.mode, cell.ops)
+
+    rows = [("identity", single("identity"))]
+    rows += [(op, single(op)) for op in cell.ops if op != "identity"]
+    rows += [("genotype", genotype)]
+    x = _images(bundle.val, images, bundle.mean, bundle.std, searcher.env)
+    stage = STAGES["layer3"]
+    was_training = backbone.training
+    runs = []
+    try:
+        for name, g in rows:
+            network = VideoNetwork(DiscreteCell(g, aspect, bundle.mean, bundle.std), backbone)
+            network = network.to(x.device).eval()
+            runs.append(_measure(name, lambda _, n=network: n, x, stage, ("trained",), 0))
+    finally:
+        backbone.train(was_training)
+    _summarise(runs, runs[0], 200, 0)
+    return {"runs": runs, "baseline": "identity", "reference": runs[0]}
+
+
+def write_search_fields(searcher: Any, result: dict[str, Any], images: int = 64) -> None:
+    """``das.search --rf``: OUT/rf/ (rf.json, pictures) and a section of OUT/report.md."""
+    out = searcher.out / "rf"
+    fields = search_fields(searcher, result["genotype"], images)
+    command = f"das.search --rf: the searched backbone of {searcher.out}"
+    args = argparse.Namespace(images=images, bootstrap=200, upsample=1.0, command=command)
+    payload = write_outputs(fields, args, [], out)
+    section = markdown(payload, "rf", "Receptive fields of the searched backbone (Fig. 1b)")
+    append_section(searcher.out / "report.md", section)
+
+
+def write_train_fields(checkpoints: Sequence[Path], out: Path, report: Path | None) -> None:
+    """``das.train --rf``: ``python -m das.rf`` on the run's (or the ablation's) checkpoints
+    into `out`, and its section appended to `report` (ablation.md) or written to
+    ``out/rf.md``."""
+    argv = [str(p) for p in checkpoints] + ["--out", str(out)]
+    main(argv)
+    payload = json.loads((out / "rf.json").read_text())
+    folder = "rf" if report is not None else "."
+    section = markdown(payload, folder)
+    if report is not None:
+        append_section(report, section)
+    else:
+        atomic_write_text(section, out / "rf.md")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -278,25 +472,5 @@ def main(argv: list[str] | None = None) -> int:
         result = receptive_fields(args)
     except (FileNotFoundError, ValueError, DataError) as exc:
         parser.exit(2, f"python -m das.rf: error: {exc}\n")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    payload = _json(result, args, argv)
-    atomic_write_text(json.dumps(payload, indent=2) + "\n", out / "rf.json")
-    pictures = plot(result, out)
-    for run in payload["runs"]:
-        m = run["trained"]
-        js = m.get("js_vs_baseline")
-        print(
-            f"{run['variant']:<10} r0 {run['theoretical_rf']} reshaped area "
-            f"{run['reshaped_area']:.0f} (square {run['square_area']:.0f}); ERF r50 "
-            f"{m['r50']['value']:.2f} [{m['r50']['low']:.2f}, {m['r50']['high']:.2f}] "
-            f"anisotropy {m['anisotropy']['value']:.2f}"
-            + (
-                f"; JS vs baseline {js['value']:.4f} [{js['low']:.4f}, {js['high']:.4f}]"
-                if js
-                else ""
-            )
-            + (f", split-half floor {m['js_split_half']:.4f}" if "js_split_half" in m else "")
-        )
-    print(f"wrote {out / 'rf.json'}, " + ", ".join(p.name for p in pictures))
+    write_outputs(result, args, argv, Path(args.out))
     return 0

@@ -431,6 +431,10 @@ class Searcher:
         }
         if self.env.is_main:
             self.write_report(result)
+            if self.settings.rf:
+                from das.rf_report import write_search_fields
+
+                write_search_fields(self, result)
         self.env.barrier()
         return result
 

@@ -267,6 +267,10 @@ def _main(cfg: RunConfig) -> int:
     else:
         result = run_train(cfg)
         if cli.is_main_process():
+            if cfg.train.rf and not cfg.train.eval_only:
+                from das.rf_report import write_train_fields
+
+                write_train_fields([cfg.out / "checkpoint.pt"], cfg.out / "rf", None)
             print(json.dumps(result, indent=1))
     return 0
 

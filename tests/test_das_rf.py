@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from das.cell import DiscreteCell, Genotype, ReplicaCell
 from das.models import VideoNetwork, build_backbone
@@ -15,11 +16,13 @@ from das.rf import (
     bootstrap,
     effective_rf,
     js_divergence,
+    layer_geometry,
     layer_specs,
     reshaped_field,
     rf_metrics,
     temporal_modules_passed,
     theoretical_rf,
+    unit_centre,
 )
 from das_kernels import backends
 
@@ -183,4 +186,57 @@ def test_rf_command_on_trained_checkpoints(tmp_path):
         assert (out / picture).stat().st_size > 0
     with pytest.raises(SystemExit) as exc:
         rf.main([str(tmp_path / "missing.pt"), "--out", str(out)])
+    assert exc.value.code == 2
+
+
+def test_unit_centre_is_the_centroid_of_a_linear_networks_field():
+    """A linear stack of all-ones convolutions (stride 2, 'same' padding, a 3x3/2 pool-like
+    conv) has a field symmetric about its unit's true centre: the ERF centroid sits at
+    ``unit_centre``, half a pixel off the middle of the even-sized image."""
+    layers = [nn.Conv2d(1, 1, 3, 1, 1), nn.Conv2d(1, 1, 3, 2, 1), nn.Conv2d(1, 1, 5, 2, 2)]
+    for layer in layers:
+        nn.init.ones_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    net = nn.Sequential(*layers)
+    images = torch.rand(1, 1, 32, 32) + 0.1  # the unit's ReLU stays open
+    maps = effective_rf(lambda x: net(x), images)
+    h = net(images).shape[-1]
+    geometry = [(3, 1, 1), (3, 2, 1), (5, 2, 2)]
+    centre = unit_centre(geometry, h // 2)
+    assert centre == 16.0 and (32 - 1) / 2 == 15.5
+    m = rf_metrics(maps[0], (centre, centre))
+    assert abs(m["centroid_dx"]) < 1e-9 and abs(m["centroid_dy"]) < 1e-9
+    assert rf_metrics(maps[0])["centroid_dx"] == pytest.approx(0.5)  # about the middle
+    backbone = build_backbone("resnet_tiny", 10, 3)
+    assert [(k, s) for k, s, _ in layer_geometry(backbone, 3)] == layer_specs(backbone, 3)
+
+
+def test_search_and_train_reports_embed_receptive_fields(tmp_path):
+    import json
+
+    from das_testing import FAST_FUSION, TINY_DATA
+
+    from das import search, train
+
+    tiny = [*TINY_DATA, "--frames", "2", "--nodes", "2", "--epochs", "1", "--steps-per-epoch", "2"]
+    out = tmp_path / "s"
+    argv = [*tiny, "--fusion", FAST_FUSION, "--select", "argmax", "--rf", "--out", str(out)]
+    assert search.main(argv) == 0
+    result = json.loads((out / "rf" / "rf.json").read_text())
+    names = [r["variant"] for r in result["runs"]]
+    assert names == ["identity", "translate_x", "translate_y", "scale", "rotate", "genotype"]
+    assert "js_vs_baseline" in result["runs"][1]["trained"]
+    report = (out / "report.md").read_text()
+    assert "Receptive fields of the searched backbone" in report and "rf/rf_grid.png" in report
+    ab = tmp_path / "ab"
+    argv = [*TINY_DATA, "--ablation", "--variants", "das,baseline", "--genotype", "random"]
+    argv += ["--epochs", "1", "--max-steps", "2", "--fusion", FAST_FUSION, "--rf"]
+    assert train.main([*argv, "--out", str(ab)]) == 0
+    result = json.loads((ab / "rf" / "rf.json").read_text())
+    assert [r["variant"] for r in result["runs"]] == ["baseline", "das"]
+    assert result["runs"][1]["trained"]["js_vs_baseline"]["value"] > 0
+    text = (ab / "ablation.md").read_text()
+    assert "## Receptive fields" in text and "rf/rf_compare.png" in text
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--task", "segmentation", "--data", str(tmp_path), "--rf"])
     assert exc.value.code == 2
