@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from das.data import DataError
+from das.data import IMAGE_EXTS, DataError
 
 __all__ = [
     "IGNORE_INDEX",
@@ -62,9 +62,6 @@ CITYSCAPES_TRAIN_IDS = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
     25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
 }  # fmt: skip
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp"}
-
-
 INVALID = -1
 
 
