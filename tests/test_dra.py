@@ -1,0 +1,136 @@
+"""Differentiable RandAugment (das.dra, das.dra_ops, das.dra_search): gradients against
+finite differences, sampling against the weights, straight-through, policy files, a tiny
+search on digits and bad input."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from das.dra import DRAPolicy, LayerDraw
+from das.dra_ops import DRA_OPS, EXACT, SPACES
+
+
+def _fixed_draw(batch: int, n: int, eps: float, sign: float, favour: int = 0) -> LayerDraw:
+    gumbel = torch.zeros(batch, n, dtype=torch.float64)
+    gumbel[:, favour] = 5.0
+    return LayerDraw(
+        gumbel,
+        torch.full((batch,), eps, dtype=torch.float64),
+        torch.full((batch,), sign, dtype=torch.float64),
+        torch.ones(batch, dtype=torch.bool),
+    )
+
+
+@pytest.mark.parametrize("op", ["rotate", "translate_x"])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_affine_mu_sigma_gradients_match_finite_differences(op: str, sign: float) -> None:
+    torch.manual_seed(0)
+    policy = DRAPolicy([op], layers=1, apply_prob=(1.0, 1.0)).double()
+    with torch.no_grad():
+        policy.mu.fill_(0.4)
+        policy.sigma.fill_(0.2)
+    x = torch.rand(3, 3, 12, 12, dtype=torch.float64)
+    r = torch.randn(3, 3, 12, 12, dtype=torch.float64)
+    draws = [_fixed_draw(3, 1, 0.7, sign)]
+
+    def loss() -> torch.Tensor:
+        return (policy(x, draws) * r).sum()
+
+    loss().backward()
+    h = 1e-6
+    for name in ("mu", "sigma"):
+        param = getattr(policy, name)
+        with torch.no_grad():
+            param += h
+            up = float(loss())
+            param -= 2 * h
+            down = float(loss())
+            param += h
+        fd = (up - down) / (2 * h)
+        assert param.grad.item() == pytest.approx(fd, rel=1e-5, abs=1e-8), name
+        assert abs(fd) > 1e-3  # the magnitude matters
+
+
+def _chi2_critical(df: int, p: float = 0.001) -> float:
+    try:
+        from scipy.stats import chi2
+
+        return float(chi2.ppf(1 - p, df))
+    except ImportError:  # Wilson-Hilferty: chi2 ~ df (1 - 2/(9df) + z sqrt(2/(9df)))^3
+        z = 3.090232306167813  # standard normal 0.999 quantile
+        return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+def test_sampling_follows_the_weights() -> None:
+    policy = DRAPolicy(layers=1)
+    with torch.no_grad():
+        policy.logits.copy_(
+            torch.randn(1, len(DRA_OPS), generator=torch.Generator().manual_seed(3))
+        )
+    n = 20000
+    draws = policy.draw(n, torch.Generator().manual_seed(4))
+    k, gate = policy.select(0, draws[0].gumbel.float())
+    counts = torch.bincount(k, minlength=len(DRA_OPS)).double()
+    expected = policy.weights()[0].detach().double() * n
+    stat = float(((counts - expected) ** 2 / expected).sum())
+    assert stat < _chi2_critical(len(DRA_OPS) - 1)
+    assert torch.allclose(gate, torch.ones_like(gate))
+
+
+def test_straight_through_colour_op_and_unsampled_logits() -> None:
+    policy = DRAPolicy(["posterize", "solarize", "color"], layers=1, apply_prob=(1.0, 1.0))
+    x = torch.rand(1, 3, 8, 8)
+    eps = 0.5
+    policy(x, [_fixed_draw(1, 3, eps, 1.0, favour=0).to(x.device, x.dtype)]).sum().backward()
+    pixels = 3 * 8 * 8
+    assert policy.mu.grad[0, 0].item() == pytest.approx(pixels, rel=1e-5)
+    assert policy.sigma.grad[0, 0].item() == pytest.approx(eps * pixels, rel=1e-5)
+    assert policy.mu.grad[0, 1:].abs().sum() == 0  # not sampled: no magnitude gradient
+    assert (policy.logits.grad[0, 1:].abs() > 0).all()  # but their logits get one
+    assert "posterize" not in EXACT and "rotate" in EXACT
+
+
+def test_apply_probability_zero_is_identity() -> None:
+    policy = DRAPolicy(apply_prob=(0.0, 0.0))
+    x = torch.rand(16, 3, 10, 10)
+    assert torch.equal(policy(x, generator=torch.Generator().manual_seed(0)), x)
+    assert torch.equal(policy.augment(x, torch.Generator().manual_seed(0)), x)
+
+
+def test_every_op_runs_in_both_spaces() -> None:
+    x = torch.rand(4, 3, 9, 11)
+    for space in SPACES:
+        for op in DRA_OPS:
+            policy = DRAPolicy([op], space, layers=1, apply_prob=(1.0, 1.0))
+            out = policy(x, generator=torch.Generator().manual_seed(0))
+            assert out.shape == x.shape and torch.isfinite(out).all(), (space, op)
+            out.sum().backward()
+            assert policy.mu.grad.abs().sum() > 0, (space, op)
+    gray = torch.rand(2, 1, 8, 8)
+    assert DRAPolicy().augment(gray).shape == gray.shape
+
+
+def test_policy_json_round_trip(tmp_path) -> None:
+    policy = DRAPolicy(space="imagenet", layers=3, temperature=0.7)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.copy_(torch.rand(p.shape, generator=g))
+    path = tmp_path / "policy.json"
+    policy.save(path)
+    d = json.loads(path.read_text())
+    assert d["method"] == "dra" and d["space"] == "imagenet" and d["apply_prob"] == [0.2, 0.8]
+    assert len(d["layers"]) == 3 and sum(d["layers"][0]["weights"]) == pytest.approx(1.0)
+    back = DRAPolicy.load(path)
+    assert back.ops == policy.ops and back.temperature == 0.7 and back.space == "imagenet"
+    for a, b in zip(policy.parameters(), back.parameters()):
+        assert torch.equal(a, b)
+    x = torch.rand(8, 3, 12, 12)
+    a = policy.augment(x, torch.Generator().manual_seed(5))
+    b = back.augment(x, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and not torch.equal(a, x)
+    (tmp_path / "bad.json").write_text('{"method": "das"}')
+    with pytest.raises(ValueError, match="bad.json"):
+        DRAPolicy.load(tmp_path / "bad.json")
