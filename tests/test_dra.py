@@ -7,7 +7,10 @@ import math
 
 import pytest
 import torch
+from das_testing import TINY_DATA
 
+from das import dra_search, search
+from das.cli import METHOD_DEFAULTS, parse_config
 from das.dra import DRAPolicy, LayerDraw
 from das.dra_ops import DRA_OPS, EXACT, SPACES
 
@@ -134,3 +137,83 @@ def test_policy_json_round_trip(tmp_path) -> None:
     (tmp_path / "bad.json").write_text('{"method": "das"}')
     with pytest.raises(ValueError, match="bad.json"):
         DRAPolicy.load(tmp_path / "bad.json")
+
+
+# ----------------------------------------------------------------------------- search
+
+TIMING_KEYS = ("sec_per_step", "epoch_sec")
+
+
+def _dra_search(out, *extra: str) -> int:
+    argv = [*TINY_DATA, "--method", "dra", "--epochs", "2", "--proxy-images", "40"]
+    return search.main([*argv, "--out", str(out), *extra])
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+
+def test_dra_search_end_to_end_and_resume(tmp_path, monkeypatch, capsys) -> None:
+    full = tmp_path / "full"
+    assert _dra_search(full) == 0
+    for name in ("policy.json", "report.md", "weights.png", "magnitudes.png", "config.json"):
+        assert (full / name).is_file(), name
+    log = json.loads((full / "search_log.json").read_text())
+    assert [r["epoch"] for r in log] == [0, 1, 2]
+    assert {"policy_loss", "policy_kl", "val_acc", "weights", "mu", "sigma"} <= set(log[-1])
+    header = (full / "search_log.csv").read_text().splitlines()[0]
+    assert "mu_l1_rotate" in header and "weights_l0_cutout" in header
+    policy = DRAPolicy.load(full / "policy.json")
+    assert policy.layers == 2 and len(policy.ops) == 16
+    assert not torch.equal(policy.mu, torch.full_like(policy.mu, 0.5))  # it was trained
+    captured = capsys.readouterr()
+    assert "dra epoch 2/2" in captured.err and "layer 2:" in captured.out
+    config = json.loads((full / "config.json").read_text())
+    assert config["dra"]["method"] == "dra" and config["search"]["epochs"] == 2
+
+    calls = {"n": 0}
+    original = dra_search.DRASearcher.evaluate
+
+    def flaky(self):  # dies in epoch 2's evaluation, after epoch 1's checkpoint
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(dra_search.DRASearcher, "evaluate", flaky)
+    cut = tmp_path / "cut"
+    assert _dra_search(cut) == 130
+    monkeypatch.setattr(dra_search.DRASearcher, "evaluate", original)
+    assert search.main(["--resume", "--out", str(cut), "--no-progress"]) == 0
+    a = json.loads((full / "search_log.json").read_text())
+    b = json.loads((cut / "search_log.json").read_text())
+    assert _strip(a) == _strip(b)
+    assert (full / "policy.json").read_text() == (cut / "policy.json").read_text()
+
+
+def test_method_defaults_apply_only_when_not_given() -> None:
+    cfg = parse_config("search", ["--method", "dra"])
+    assert cfg.method == "dra" and cfg.search.epochs == METHOD_DEFAULTS["dra"]["epochs"]
+    assert parse_config("search", ["--method", "dra", "--epoch", "3"]).search.epochs == 3
+    das_cfg = parse_config("search", [])
+    assert das_cfg.method == "das" and das_cfg.search.epochs == 8
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dra-layers", "0"], "--dra-layers: expected a positive integer"),
+        (["--dra-space", "svhn"], "--dra-space: invalid choice"),
+        (["--dra-temperature", "0"], "--dra-temperature: expected a positive number"),
+        (["--dra-kl-weight", "-1"], "--dra-kl-weight: expected a non-negative number"),
+        (["--proxy-images", "2"], "--proxy-images 2"),
+        (["--order", "2"], "--order 2"),
+        (["--rf"], "--rf"),
+        (["--method", "ra"], "--method: invalid choice"),
+    ],
+)
+def test_bad_dra_cli_exits_2(argv, message, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        search.main(["--method", "dra", *argv] if argv[0] != "--method" else argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
