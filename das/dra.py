@@ -170,6 +170,13 @@ class DRAPolicy(nn.Module):
         return out
 
     @torch.no_grad()
+    def project_(self) -> None:
+        """Keep mu in [0, 1] and sigma >= 0 (after each optimiser step: m is clipped to
+        [0, 1] anyway, and a mu outside it would get no gradient)."""
+        self.mu.clamp_(0, 1)
+        self.sigma.clamp_(min=0)
+
+    @torch.no_grad()
     def augment(self, x01: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Training-time use, no gradients: `x01` ``(B, C, H, W)`` in [0, 1] -> the same
         shape, randomness from `generator` (CPU) or torch's global generator."""

@@ -7,8 +7,9 @@ step on a policy-half batch: ``loss = CE(net(aug(x)), y) + lambda * KL(p(x) || p
 (``lambda`` = ``--dra-kl-weight``; ``p`` the network's softmax; ``p(x)`` of the original
 batch is the detached target, so the gradient reaches the policy through ``p(aug(x))``
 only), first order, AdamW (``--dra-lr``, betas ``--a-beta1/--a-beta2``, weight decay
-``--a-wd``) on the policy's parameters only; THEN the weight step: SGD (cosine
-``--w-lr``) on an augmented weight-half batch (the policy sampled, no gradient to it).
+``--a-wd``) on the policy's parameters only (then mu projected into [0, 1], sigma onto
+>= 0); THEN the weight step: SGD (cosine ``--w-lr``) on an augmented weight-half batch
+(the policy sampled, no gradient to it).
 The policy acts in [0, 1] pixel space: batches are un-normalised with the data mean/std
 before it and normalised after.
 
@@ -78,6 +79,7 @@ class DRASearcher:
         self.amp = cfg.runtime.amp
         self.bundle = b = bundle or session.load_bundle(cfg.data)
         proxy = replace(b, train=_proxy(b.train, r.proxy_images, cfg.seed))
+        self.proxy_size = len(proxy.train)
         w_set, p_set = _halves(proxy, cfg.seed)
         self.w_loader = session.train_loader(cfg, b, w_set, 0, env)
         self.p_loader = session.train_loader(cfg, b, p_set, 1, env)
@@ -180,6 +182,7 @@ class DRASearcher:
             p.grad = g
         self.p_opt.step()
         self.p_opt.zero_grad(set_to_none=True)
+        self.policy.project_()
         correct = int((logits.argmax(1) == y).sum())
         parts = {"loss": float(loss.detach()), "ce": float(ce.detach()), "kl": float(kl.detach())}
         return {**parts, "correct": correct}
@@ -371,10 +374,11 @@ def write_dra_report(searcher: DRASearcher, result: dict[str, Any]) -> None:
         "# Differentiable RandAugment search",
         "",
         f"Data `{cfg.data.data}`, arch `{cfg.model.arch}`, {cfg.dra.dra_layers} layers x "
-        f"{len(policy.ops)} ops (`{cfg.dra.dra_space}` ranges), proxy {cfg.dra.proxy_images} "
-        f"images, {cfg.search.epochs} epochs x {searcher.steps_per_epoch} steps, batch "
-        f"{cfg.search.batch_size}; search {result['seconds']['search']:.1f} s; final val acc "
-        f"(no augmentation) {result['final_val_acc']:.4f}.",
+        f"{len(policy.ops)} ops (`{cfg.dra.dra_space}` ranges), proxy {searcher.proxy_size} "
+        f"training images (half weights, half policy), {cfg.search.epochs} epochs x "
+        f"{searcher.steps_per_epoch} steps, batch {cfg.search.batch_size}; search "
+        f"{result['seconds']['search']:.1f} s; final val acc (no augmentation) "
+        f"{result['final_val_acc']:.4f}.",
         "",
         "Policy: `policy.json` (`DRAPolicy.load(path).augment(x01, generator)`).",
         "",

@@ -166,6 +166,7 @@ def test_dra_search_end_to_end_and_resume(tmp_path, monkeypatch, capsys) -> None
     policy = DRAPolicy.load(full / "policy.json")
     assert policy.layers == 2 and len(policy.ops) == 16
     assert not torch.equal(policy.mu, torch.full_like(policy.mu, 0.5))  # it was trained
+    assert (policy.mu >= 0).all() and (policy.mu <= 1).all() and (policy.sigma >= 0).all()
     captured = capsys.readouterr()
     assert "dra epoch 2/2" in captured.err and "layer 2:" in captured.out
     config = json.loads((full / "config.json").read_text())
