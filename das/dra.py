@@ -58,7 +58,8 @@ class LayerDraw:
 class DRAPolicy(nn.Module):
     """D layers x N operators: ``logits`` (D, N) init 0, ``mu`` (D, N) init 0.5, ``sigma``
     (D, N) init 0.1. ``forward(x01)``: ``(B, C, H, W)`` in [0, 1] -> the augmented batch,
-    differentiable in the three parameters."""
+    differentiable in the three parameters. The images may live on another device or dtype
+    than the parameters (they are moved per call, differentiably)."""
 
     def __init__(
         self,
@@ -139,7 +140,7 @@ class DRAPolicy(nn.Module):
         """Layer `d`'s hard Gumbel-softmax draw from noise `gumbel` ``(B, N)``: the drawn op
         per sample ``(B,)`` (long) and its straight-through gate ``(B,)``, the drawn entry of
         ``hard - soft.detach() + soft`` (1 forward, the relaxed weight's gradient)."""
-        logits = self.logits[d].to(gumbel.dtype)
+        logits = self.logits[d].to(gumbel.device, gumbel.dtype)
         soft = F.softmax((logits + gumbel) / self.temperature, dim=-1)  # (B, N)
         k = soft.argmax(dim=-1)
         hard = F.one_hot(k, len(self.ops)).to(soft.dtype)
@@ -149,10 +150,11 @@ class DRAPolicy(nn.Module):
         self, d: int, x: Tensor, draw: LayerDraw, generator: torch.Generator | None
     ) -> Tensor:
         k, gate = self.select(d, draw.gumbel.to(x.dtype))
-        mu, sigma = self.mu[d].to(x.dtype), self.sigma[d].to(x.dtype)
+        mu, sigma = self.mu[d].to(x.device, x.dtype), self.sigma[d].to(x.device, x.dtype)
+        is_affine = self.is_affine.to(x.device)
         m = (mu[k] + draw.eps * sigma[k]).clamp(0, 1)
         out = x
-        warp = draw.apply & self.is_affine[k]
+        warp = draw.apply & is_affine[k]
         if bool(warp.any()):
             theta = torch.eye(2, 3, dtype=x.dtype, device=x.device).expand(len(k), 2, 3)
             aspect = x.shape[-1] / x.shape[-2]
@@ -162,7 +164,7 @@ class DRAPolicy(nn.Module):
             w = torch.where(warp, gate, torch.ones_like(gate))[:, None]  # (B, 1)
             warped = multi_affine_warp(x, theta[:, None, None], w)[:, 0]
             out = torch.where(warp[:, None, None, None], warped, out)
-        colour = draw.apply & ~self.is_affine[k]
+        colour = draw.apply & ~is_affine[k]
         for j in torch.unique(k[colour]).tolist():
             rows = torch.nonzero(colour & (k == j)).squeeze(1)
             piece = apply_colour(self.specs[j], x[rows], m[rows], draw.sign[rows], generator)

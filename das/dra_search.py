@@ -170,8 +170,9 @@ class DRASearcher:
         number correct on the augmented batch."""
         with torch.no_grad(), autocast(self.dev, self.amp):
             target = F.softmax(self.network(x).float(), dim=1)
+        aug = self.augmented(x, grad=True)  # the policy in float32, outside autocast
         with autocast(self.dev, self.amp):
-            logits = self.network(self.augmented(x, grad=True)).float()
+            logits = self.network(aug).float()
         ce = F.cross_entropy(logits, y)
         kl = F.kl_div(F.log_softmax(logits, dim=1), target, reduction="batchmean")
         loss = ce + self.dra.dra_kl_weight * kl

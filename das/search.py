@@ -13,6 +13,9 @@ accuracies, seconds per step, tau and softmax weights per edge), ``selection.jso
 genotype's frames of four validation images), ``config.json`` and ``checkpoint.pt``
 (atomic, every epoch and every selected edge). Under ``torchrun`` only rank 0 writes;
 ``--batch-size`` is per process.
+
+``--method dra`` searches a Differentiable RandAugment policy instead
+(:mod:`das.dra_search`).
 """
 
 from __future__ import annotations

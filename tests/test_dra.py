@@ -26,9 +26,9 @@ def _fixed_draw(batch: int, n: int, eps: float, sign: float, favour: int = 0) ->
     )
 
 
-@pytest.mark.parametrize("op", ["rotate", "translate_x"])
+@pytest.mark.parametrize("op", ["rotate", "translate_x", "shear_y", "brightness", "solarize_add"])
 @pytest.mark.parametrize("sign", [1.0, -1.0])
-def test_affine_mu_sigma_gradients_match_finite_differences(op: str, sign: float) -> None:
+def test_exact_mu_sigma_gradients_match_finite_differences(op: str, sign: float) -> None:
     torch.manual_seed(0)
     policy = DRAPolicy([op], layers=1, apply_prob=(1.0, 1.0)).double()
     with torch.no_grad():
@@ -218,3 +218,24 @@ def test_bad_dra_cli_exits_2(argv, message, capsys) -> None:
         search.main(["--method", "dra", *argv] if argv[0] != "--method" else argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_one_warp_call_per_layer(monkeypatch) -> None:
+    from das import dra
+
+    calls = []
+    real = dra.multi_affine_warp
+
+    def counting(x, theta, weights):
+        calls.append(tuple(theta.shape))
+        return real(x, theta, weights)
+
+    monkeypatch.setattr(dra, "multi_affine_warp", counting)
+    policy = DRAPolicy(layers=2, apply_prob=(1.0, 1.0))
+    x = torch.rand(64, 3, 8, 8)
+    draws = policy.draw(64, torch.Generator().manual_seed(0))
+    out = policy(x, draws)
+    assert calls == [(64, 1, 1, 2, 3)] * 2
+    k, _ = policy.select(0, draws[0].gumbel.float())
+    colour = ~policy.is_affine[k]
+    assert colour.any() and out.shape == x.shape
