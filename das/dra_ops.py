@@ -48,11 +48,14 @@ from das_kernels.colour import colour_transform
 __all__ = [
     "AFFINE",
     "DRA_OPS",
+    "ENHANCE",
     "EXACT",
+    "MAGNITUDE_FREE",
     "SPACES",
     "OpSpec",
     "affine_theta",
     "apply_colour",
+    "check_ops",
     "op_table",
     "parameter",
 ]

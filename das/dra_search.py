@@ -350,7 +350,8 @@ def _plot_layers(log: list[dict[str, Any]], path: Path, key: str, ylabel: str) -
     for d, ax in enumerate(axes[0]):
         for i, op in enumerate(ops):
             y = torch.tensor([r[key]["values"][d][i] for r in rows])
-            ax.plot(epochs, y, color=cmap(i % 20), label=op, lw=1.2)
+            style = ("-", "--")[i // 8]  # tab20: close colours told apart by the line style
+            ax.plot(epochs, y, color=cmap(i % 20), ls=style, label=op, lw=1.3)
             if key == "mu":
                 s = torch.tensor([r["sigma"]["values"][d][i] for r in rows]).abs()
                 ax.fill_between(epochs, y - s, y + s, color=cmap(i % 20), alpha=0.12)
