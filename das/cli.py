@@ -145,6 +145,78 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+# --method dra: search options whose default differs from DAS's (used when not given)
+METHOD_DEFAULTS: dict[str, dict[str, object]] = {
+    "dra": {"epochs": 20, "w_lr": 0.05},
+}
+
+
+def add_dra_args(p: argparse.ArgumentParser) -> None:
+    """``--method`` and the Differentiable RandAugment options (stored in ``cfg.dra``)."""
+    g = p.add_argument_group(
+        "method",
+        "--method dra searches a Differentiable RandAugment policy (das.dra_search) on a "
+        "plain 2D network instead of the DAS cell; there --epochs defaults to "
+        f"{METHOD_DEFAULTS['dra']['epochs']} and --w-lr to {METHOD_DEFAULTS['dra']['w_lr']}, "
+        "the cell, selection and --frames/--fusion options are unused",
+    )
+    g.add_argument(
+        "--method",
+        choices=("das", "dra"),
+        default="das",
+        help="das: the image->video cell (default); dra: Differentiable RandAugment",
+    )
+    g.add_argument(
+        "--dra-layers", type=positive_int, default=2, help="DRA: policy layers D (ops in a row)"
+    )
+    g.add_argument(
+        "--dra-space",
+        choices=("cifar", "imagenet"),
+        default="cifar",
+        help="DRA: operator ranges (Table I, Fast-AutoAugment's CIFAR or ImageNet ones)",
+    )
+    g.add_argument(
+        "--dra-temperature",
+        type=positive_float,
+        default=0.5,
+        help="DRA: Gumbel-softmax temperature of the op selection",
+    )
+    g.add_argument(
+        "--dra-kl-weight",
+        type=nonneg_float,
+        default=1.0,
+        help="DRA: lambda of KL(p(original) || p(augmented)) in the policy loss",
+    )
+    g.add_argument(
+        "--dra-lr",
+        type=positive_float,
+        default=5e-3,
+        help="DRA: AdamW learning rate of the policy (betas --a-beta1/--a-beta2, weight "
+        "decay --a-wd)",
+    )
+    g.add_argument(
+        "--proxy-images",
+        type=positive_int,
+        default=4000,
+        help="DRA: training images searched on (seeded subset), half for the network's "
+        "weights, half for the policy",
+    )
+
+
+def method_defaults(command: str, args: argparse.Namespace, argv: list[str] | None) -> None:
+    """Set the METHOD_DEFAULTS of ``args.method`` for the options `argv` does not give."""
+    defaults = METHOD_DEFAULTS.get(getattr(args, "method", ""), {})
+    if not defaults:
+        return
+    quiet = build_parser(command)
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(quiet.parse_args(argv))
+    for name, value in defaults.items():
+        if name not in given:
+            setattr(args, name, value)
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument(
@@ -311,6 +383,7 @@ def _search_parser() -> argparse.ArgumentParser:
     add_data_args(p)
     add_model_args(p)
     add_task_args(p)
+    add_dra_args(p)
     g = p.add_argument_group("cell")
     g.add_argument(
         "--nodes",
@@ -568,6 +641,7 @@ def parse_config(command: str, argv: list[str] | None = None) -> RunConfig:
     train (bad input: exit status 2, the message naming the option)."""
     parser = build_parser(command)
     args = parser.parse_args(argv)
+    method_defaults(command, args, argv)
     seg = args.task == "segmentation"
     for name, value in TASK_DEFAULTS["segmentation" if seg else "classification"].items():
         if getattr(args, name, "") is None:

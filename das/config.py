@@ -32,6 +32,7 @@ from das.variants import NEEDS_GENOTYPE, SEG_VARIANTS, VARIANTS, VIDEO_VARIANTS
 __all__ = [
     "CellConfig",
     "ConfigError",
+    "DRAConfig",
     "DataConfig",
     "EvalConfig",
     "ModelConfig",
@@ -154,6 +155,26 @@ class TaskConfig:
 
 
 @dataclass(frozen=True)
+class DRAConfig:
+    """``--method``: das (the DAS cell search, default) or dra (Differentiable RandAugment,
+    :mod:`das.dra_search`), and DRA's settings (ignored by das): policy layers, operator
+    ranges, Gumbel temperature, KL weight, the policy's AdamW learning rate and the proxy
+    size (training images searched on, half for the weights, half for the policy)."""
+
+    method: str  # das | dra
+    dra_layers: int
+    dra_space: str  # cifar | imagenet (das.dra_ops.SPACES)
+    dra_temperature: float
+    dra_kl_weight: float
+    dra_lr: float
+    proxy_images: int
+
+    @property
+    def dra(self) -> bool:
+        return self.method == "dra"
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     out: str
     seed: int
@@ -200,13 +221,14 @@ _SECTIONS: dict[str, type] = {
     "search": SearchConfig,
     "train": TrainConfig,
     "task": TaskConfig,
+    "dra": DRAConfig,
 }
 COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
-    "search": ("data", "model", "runtime", "cell", "search", "task"),
+    "search": ("data", "model", "runtime", "cell", "search", "task", "dra"),
     "train": ("data", "model", "runtime", "train", "task"),
 }
 # sections a configuration written before they existed may lack (filled with the defaults)
-OPTIONAL_SECTIONS = ("task",)
+OPTIONAL_SECTIONS = ("task", "dra")
 
 
 @dataclass(frozen=True)
@@ -221,6 +243,12 @@ class RunConfig:
     search: SearchConfig | None = None
     train: TrainConfig | None = None
     task: TaskConfig | None = None
+    dra: DRAConfig | None = None  # search only: --method and DRA's settings
+
+    @property
+    def method(self) -> str:
+        """The search method: das, or dra (``--method dra``)."""
+        return "dra" if self.dra is not None and self.dra.dra else "das"
 
     @property
     def segmentation(self) -> bool:
@@ -430,6 +458,9 @@ def _check_rf(cfg: RunConfig) -> None:
 
 def _check_search(cfg: RunConfig) -> None:
     assert cfg.cell is not None and cfg.search is not None
+    if cfg.method == "dra":
+        _check_dra(cfg)
+        return
     _check_rf(cfg)
     try:
         resolve_ops(cfg.cell.ops)
@@ -439,6 +470,19 @@ def _check_search(cfg: RunConfig) -> None:
     if s.warmup_epochs >= s.epochs:
         raise ConfigError(f"--warmup-epochs ({s.warmup_epochs}) must be < --epochs ({s.epochs})")
     _check_gsf(cfg.model, [cfg.model.fusion])
+
+
+def _check_dra(cfg: RunConfig) -> None:
+    """``--method dra``: classification, first order, a proxy with images for both halves."""
+    assert cfg.dra is not None and cfg.search is not None
+    if cfg.segmentation:
+        raise ConfigError("--method dra: classification only (drop --task segmentation)")
+    if cfg.search.rf:
+        raise ConfigError("--rf: receptive fields of a DAS cell; not with --method dra")
+    if cfg.search.order != 1:
+        raise ConfigError("--order 2: DRA's policy step is first order; drop --order")
+    if cfg.dra.proxy_images < 4:
+        raise ConfigError(f"--proxy-images {cfg.dra.proxy_images}: need at least 4 images")
 
 
 def _check_train(cfg: RunConfig) -> None:

@@ -40,18 +40,24 @@ def plt_module():
     return plt
 
 
-def write_log(rows: list[dict[str, Any]], stem: Path) -> None:
+def write_log(
+    rows: list[dict[str, Any]],
+    stem: Path,
+    matrices: Sequence[str] = ("tau", "weights"),
+    index: str = "e",
+) -> None:
     """``stem.json`` (full rows, nested values kept) and ``stem.csv`` (scalars + flattened
-    ``tau``/``weights`` matrices as ``tau_e<edge>_<op>`` columns)."""
+    `matrices` ``{"ops", "values"}`` as ``tau_e<edge>_<op>`` columns; `index` names the row
+    kind, e.g. ``l`` for DRA's layers)."""
     atomic_write_text(json.dumps(rows, indent=1) + "\n", stem.with_suffix(".json"))
     flat_rows = []
     for row in rows:
         flat: dict[str, Any] = {}
         for key, value in row.items():
-            if key in ("tau", "weights") and isinstance(value, dict):
+            if key in matrices and isinstance(value, dict):
                 for e, per_op in enumerate(value["values"]):
                     for op, v in zip(value["ops"], per_op):
-                        flat[f"{key}_e{e}_{op}"] = round(v, 6)
+                        flat[f"{key}_{index}{e}_{op}"] = round(v, 6)
             elif not isinstance(value, (dict, list)):
                 flat[key] = value
         flat_rows.append(flat)

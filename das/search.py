@@ -13,6 +13,9 @@ accuracies, seconds per step, tau and softmax weights per edge), ``selection.jso
 genotype's frames of four validation images), ``config.json`` and ``checkpoint.pt``
 (atomic, every epoch and every selected edge). Under ``torchrun`` only rank 0 writes;
 ``--batch-size`` is per process.
+
+``--method dra`` searches a Differentiable RandAugment policy instead
+(:mod:`das.dra_search`).
 """
 
 from __future__ import annotations
@@ -447,7 +450,11 @@ def run_search(cfg: RunConfig, env: DistEnv | None = None) -> dict[str, Any]:
     return session.run_job(cfg, env, lambda cfg, env, _: _searcher(cfg, env))
 
 
-def _searcher(cfg: RunConfig, env: DistEnv) -> Searcher:
+def _searcher(cfg: RunConfig, env: DistEnv) -> Any:
+    if cfg.method == "dra":  # Differentiable RandAugment
+        from das.dra_search import DRASearcher
+
+        return DRASearcher(cfg, env)
     if cfg.segmentation:
         from das.segjobs import SegSearcher
 
@@ -457,6 +464,12 @@ def _searcher(cfg: RunConfig, env: DistEnv) -> Searcher:
 
 def _main(cfg: RunConfig) -> int:
     result = run_search(cfg)
+    if result.get("method") == "dra":  # (cfg is the command line's; --resume may be dra)
+        from das.dra_search import print_result
+
+        if cli.is_main_process():
+            print_result(cfg, result)
+        return 0
     if cli.is_main_process():
         print(f"genotype: {list(result['genotype'].ops)}")
         print(
