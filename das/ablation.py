@@ -27,12 +27,30 @@ __all__ = ["ablation_runs", "run_ablation"]
 
 def ablation_runs(cfg: RunConfig) -> list[tuple[str, RunConfig]]:
     """(name, config) of every --ablation run: variant x fusion (video variants) x seed, in
-    OUT/<variant>[_<fusion>] (one seed) or OUT/<variant>[_<fusion>]/seed<S> (several)."""
+    OUT/<variant>[_<fusion>] (one seed) or OUT/<variant>[_<fusion>]/seed<S> (several); with
+    --policies one 2D baseline run per policy x seed in OUT/<policy name>[/seed<S>]."""
     t = cfg.train
     assert t is not None
     fusions = comma_list(t.fusions or cfg.model.fusion)
     seeds = [int(s) for s in comma_list(t.seeds)] if t.seeds else [cfg.seed]
     runs = []
+    if t.policies is not None:  # one 2D baseline run per policy (das.policy)
+        from das.policy import parse_policy_list
+
+        for spec in parse_policy_list(t.policies):
+            for seed in seeds:
+                out = cfg.out / spec.name / (f"seed{seed}" if len(seeds) > 1 else "")
+                sub = cfg.with_run(
+                    variant="baseline",
+                    policy=spec.text,
+                    policies=None,
+                    fusion="none",
+                    seed=seed,
+                    ablation=False,
+                    out=str(out),
+                )
+                runs.append((spec.name, sub))
+        return runs
     for variant in comma_list(t.variants):
         for fusion in fusions if variant in VIDEO_VARIANTS else ["none"]:
             tagged = variant in VIDEO_VARIANTS and len(fusions) > 1

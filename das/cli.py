@@ -514,8 +514,9 @@ def _train_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--variant",
         choices=SEG_VARIANTS,
-        default="das",
-        help="what to train (das-nounwarp: segmentation only)",
+        default=None,
+        help="what to train (das-nounwarp: segmentation only; default das, or baseline with "
+        "--policy)",
     )
     g.add_argument(
         "--ablation",
@@ -533,6 +534,22 @@ def _train_parser() -> argparse.ArgumentParser:
         "--fusions",
         default=None,
         help="comma list of fusions for the video variants in --ablation (default: --fusion)",
+    )
+    g = p.add_argument_group("image-to-image policy (das.policy)")
+    g.add_argument(
+        "--policy",
+        default=None,
+        help="train the 2D baseline network with each training image augmented by a policy, "
+        "on top of flip/crop: flipcrop (nothing more), randaugment:N,M, trivialaugment, "
+        "autoaugment:cifar10|imagenet|svhn (kornia's), dra:policy.json (das.search --method "
+        "dra) or das:genotype.json (one frame of the genotype's video per image)",
+    )
+    g.add_argument(
+        "--policies",
+        default=None,
+        help="with --ablation: train one run per policy (x --seeds) instead of the variants, "
+        "e.g. flipcrop,randaugment:2,9,trivialaugment,autoaugment:cifar10 (a bare number "
+        "belongs to the policy before it); the table compares each with flipcrop",
     )
     p.add_argument(
         "--seeds",
@@ -642,6 +659,8 @@ def parse_config(command: str, argv: list[str] | None = None) -> RunConfig:
     parser = build_parser(command)
     args = parser.parse_args(argv)
     method_defaults(command, args, argv)
+    if command == "train" and args.variant is None:
+        args.variant = "baseline" if args.policy else "das"
     seg = args.task == "segmentation"
     for name, value in TASK_DEFAULTS["segmentation" if seg else "classification"].items():
         if getattr(args, name, "") is None:

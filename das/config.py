@@ -127,6 +127,8 @@ class TrainConfig:
     eval_only: bool
     checkpoint: str | None
     rf: bool  # receptive fields of the trained run(s) (das.rf_report)
+    policy: str | None  # image-to-image augmentation of the 2D baseline (das.policy)
+    policies: str | None  # --ablation over policies instead of variants
 
 
 @dataclass(frozen=True)
@@ -456,6 +458,38 @@ def _check_rf(cfg: RunConfig) -> None:
         )
 
 
+def _check_policy(cfg: RunConfig) -> None:
+    """``--policy`` / ``--policies``: parsed (files read) and only for the 2D baseline."""
+    from das.policy import parse_policy, parse_policy_list
+
+    t = cfg.train
+    assert t is not None
+    if t.policy is None and t.policies is None:
+        return
+    if cfg.segmentation:
+        raise ConfigError("--policy/--policies: image-to-image policies are classification only")
+    try:
+        if t.policy is not None:
+            parse_policy(t.policy)
+        if t.policies is not None:
+            parse_policy_list(t.policies)
+    except ValueError as exc:
+        name = "--policy" if t.policy is not None else "--policies"
+        raise ConfigError(f"{name}: {exc}") from None
+    if t.policies is not None and not t.ablation:
+        raise ConfigError("--policies is an option of --ablation (one run: --policy)")
+    if t.policy is not None and t.ablation:
+        raise ConfigError("--ablation compares policies with --policies, not --policy")
+    if t.policy is not None and t.variant != "baseline":
+        raise ConfigError(
+            f"--policy augments the 2D baseline network; it cannot train --variant {t.variant}"
+        )
+    if t.policies is not None and t.seeds is not None:
+        seeds = comma_list(t.seeds)
+        if not seeds or not all(s.isdigit() for s in seeds) or len(set(seeds)) < len(seeds):
+            raise ConfigError(f"--seeds: expected distinct non-negative integers: {t.seeds!r}")
+
+
 def _check_search(cfg: RunConfig) -> None:
     assert cfg.cell is not None and cfg.search is not None
     if cfg.method == "dra":
@@ -489,6 +523,9 @@ def _check_train(cfg: RunConfig) -> None:
     t = cfg.train
     assert t is not None
     _check_rf(cfg)
+    _check_policy(cfg)
+    if t.policies is not None:
+        return
     if t.genotype not in (None, "random"):
         try:
             Genotype.load(t.genotype)

@@ -322,19 +322,25 @@ def _groups(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[st
 
 
 def _paired_differences(
-    groups: dict[tuple[str, str], list[dict[str, Any]]], key: str = "val_acc"
+    groups: dict[tuple[str, str], list[dict[str, Any]]],
+    key: str = "val_acc",
+    reference: str = "das",
+    sign: float = 1.0,
 ) -> list[list[str]]:
-    """Rows (das fusion, other variant, other fusion, seeds, das - other in val acc (`key`)
-    points, wins) over the seeds both have."""
+    """Rows (reference fusion, other variant, other fusion, seeds, sign x (reference - other)
+    in val acc (`key`) points, wins of the reference (sign 1) or of the other (sign -1)) over
+    the seeds both have."""
     rows = []
     for (variant, fusion), das_runs in groups.items():
-        if variant != "das":
+        if variant != reference:
             continue
         das_acc = {r["seed"]: 100 * r[key] for r in das_runs}
         for (other, other_fusion), runs in groups.items():
-            if other == "das":
+            if other == reference:
                 continue
-            diffs = [das_acc[r["seed"]] - 100 * r[key] for r in runs if r["seed"] in das_acc]
+            diffs = [
+                sign * (das_acc[r["seed"]] - 100 * r[key]) for r in runs if r["seed"] in das_acc
+            ]
             if diffs:
                 wins = f"{sum(d > 0 for d in diffs)}/{len(diffs)}"
                 rows.append([fusion, other, other_fusion, len(diffs), _pm(diffs), wins])
@@ -374,7 +380,8 @@ def write_ablation_report(results: list[dict[str, Any]], out: Path, cfg: RunConf
     t = cfg.train
     assert t is not None
     budget = f"{t.epochs} epochs" + (f", at most {t.max_steps} steps" if t.max_steps else "")
-    header = ["variant", "fusion", "T", "params", "steps", "seeds", f"val {name} %"]
+    header = ["policy" if t.policies is not None else "variant", "fusion", "T", "params"]
+    header += ["steps", "seeds", f"val {name} %"]
     header += ["per seed", f"best val {name} %", f"last train {name} %", "s/step"]
     header += ["train s (all seeds)"]
     lines = [
@@ -383,7 +390,7 @@ def write_ablation_report(results: list[dict[str, Any]], out: Path, cfg: RunConf
         f"- data: {results[0]['data'] if results else cfg.data.data}",
         f"- arch: {cfg.model.arch} (width x{cfg.model.width_mult}), budget: {budget}, "
         f"batch {t.batch_size}",
-        f"- genotype: {t.genotype}",
+        f"- genotype: {t.genotype}" if t.policies is None else f"- policies: {t.policies}",
         "",
         markdown_table(header, rows),
         "",
@@ -398,16 +405,31 @@ def write_ablation_report(results: list[dict[str, Any]], out: Path, cfg: RunConf
             "acc: the networks overfit; below: they still underfit)."
         ),
     ]
-    paired = _paired_differences(groups, f"val_{metric}")
+    policies = t.policies is not None
+    if policies:
+        paired = _paired_differences(groups, f"val_{metric}", "flipcrop", -1.0)
+        heading = f"Each policy minus flipcrop, paired by seed (val {name} points; > 0: the "
+        heading += "policy is better):"
+        columns = ["flipcrop fusion", "policy", "fusion", "seeds", "difference", "policy wins"]
+    else:
+        paired = _paired_differences(groups, f"val_{metric}")
+        heading = f"DAS minus each variant, paired by seed (val {name} points; > 0: DAS is "
+        heading += "better):"
+        columns = ["das fusion", "variant", "fusion", "seeds", "difference", "DAS wins"]
     if paired:
+        lines += ["", heading, "", markdown_table(columns, paired)]
+    if policies:
         lines += [
             "",
-            f"DAS minus each variant, paired by seed (val {name} points; > 0: DAS is better):",
+            "Policies (das.policy): each trains the 2D baseline network with its images "
+            "augmented on top of flip/crop; flipcrop adds nothing; randaugment, "
+            "trivialaugment and autoaugment are kornia's; dra is a policy.json from das.search "
+            "--method dra; das is one frame of a DAS genotype's video per image (image-to-"
+            "image DAS).",
             "",
-            markdown_table(
-                ["das fusion", "variant", "fusion", "seeds", "difference", "DAS wins"], paired
-            ),
         ]
+        atomic_write_text("\n".join(lines), out / "ablation.md")
+        return
     lines += [
         "",
         "Variants: baseline = 2D network on the image; augment = DAS transforms as 2D random "

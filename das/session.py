@@ -263,6 +263,10 @@ def variant_network(
         aspect=aspect,
         pixel_stats=(meta.mean, meta.std),
     )
+    if cfg.train.policy is not None:  # the 2D baseline, its images augmented (das.policy)
+        from das.policy import build_policy, parse_policy
+
+        network.cell = build_policy(parse_policy(cfg.train.policy), meta.mean, meta.std, aspect)
     return with_memory(network, cfg.runtime.memory)
 
 

@@ -209,7 +209,8 @@ class Trainer:
         accs = [r["val_acc"] for r in self.log if "val_acc" in r]
         steps = [r["sec_per_step"] for r in self.log]
         return {
-            "variant": t.variant,
+            "variant": t.variant if t.policy is None else _policy_name(t.policy),
+            "policy": t.policy,
             "seed": self.cfg.seed,
             "fusion": self.cfg.model.fusion if video else "none",
             "frames": self.network.backbone.frames if video else 1,
@@ -225,6 +226,12 @@ class Trainer:
             "sec_per_step": sum(steps) / max(len(steps), 1),
             "data": self.bundle.describe(),
         }
+
+
+def _policy_name(spec: str) -> str:
+    from das.policy import parse_policy
+
+    return parse_policy(spec).name
 
 
 def run_train(
