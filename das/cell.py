@@ -70,6 +70,7 @@ SEARCH_SPACES: dict[str, tuple[str, ...]] = {
 }
 OP_MAGNITUDE: dict[str, float] = {**DEFAULT_MAGNITUDE, **DEFAULT_COLOUR_MAGNITUDE}
 STEP_MODES = ("centered", "forward")
+MAGNITUDE_MODES = ("fixed", "gaussian")
 MIN_MAGNITUDE = -0.9  # `scale` needs m > -1; learnable magnitudes are clamped here
 
 
@@ -152,7 +153,8 @@ class PixelSpace(nn.Module):
         """``sum_k weights[k] * ops[k](state)`` frame by frame, in pixel space.
 
         ``state``: (B, C, H, W) (every frame reads it) or (B, T, C, H, W); ``weights``: (K,);
-        ``amounts``: (K, T), the signed amount of op k at frame t. Returns (B, T, C, H, W)."""
+        ``amounts``: (K, T), the signed amount of op k at frame t, or (K, B, T) per sample.
+        Returns (B, T, C, H, W)."""
         video = state.unsqueeze(1).expand(-1, frames, -1, -1, -1) if state.dim() == 4 else state
         B, T, C = video.shape[:3]
         if self.mean.shape[1] not in (1, C):
@@ -161,7 +163,7 @@ class PixelSpace(nn.Module):
         mean, std = self.mean.to(flat.dtype), self.std.to(flat.dtype)
         pixels = flat * (std / gain) + mean
         out = sum(
-            w * colour_transform(op, pixels, a.to(flat.dtype).repeat(B))
+            w * colour_transform(op, pixels, a.to(flat.dtype).expand(B, T).reshape(-1))
             for op, w, a in zip(ops, weights, amounts)
         )
         return ((out - weights.sum() * mean) * (gain / std)).view_as(video)
@@ -189,10 +191,12 @@ class Genotype:
     magnitudes: tuple[float, ...] = ()
     mode: str = "centered"
     search_space: tuple[str, ...] = field(default_factory=tuple)
+    sigmas: tuple[float, ...] = ()  # --magnitudes gaussian: each edge's learned sigma (report)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ops", tuple(self.ops))
         object.__setattr__(self, "search_space", tuple(self.search_space))
+        object.__setattr__(self, "sigmas", tuple(float(f"{float(v):.7g}") for v in self.sigmas))
         n_edges = len(cell_edges(self.nodes))
         if len(self.ops) != n_edges:
             raise ValueError(
@@ -211,6 +215,8 @@ class Genotype:
                 f"genotype magnitudes must be finite numbers, but edge(s) {bad} have "
                 f"{[self.magnitudes[i] for i in bad]}"
             )
+        if self.sigmas and len(self.sigmas) != n_edges:
+            raise ValueError(f"genotype needs {n_edges} sigmas (or none), got {len(self.sigmas)}")
         if not isinstance(self.frames, int) or self.frames < 1:
             raise ValueError(f"genotype frames must be a positive int, got {self.frames!r}")
         if self.mode not in STEP_MODES:
@@ -229,7 +235,7 @@ class Genotype:
     def from_dict(cls, d: dict) -> Genotype:
         if not isinstance(d, dict) or "ops" not in d:
             raise ValueError("a genotype is a JSON object with at least an 'ops' list")
-        keys = {"ops", "nodes", "frames", "magnitudes", "mode", "search_space"}
+        keys = {"ops", "nodes", "frames", "magnitudes", "mode", "search_space", "sigmas"}
         return cls(**{k: v for k, v in d.items() if k in keys})
 
     def save(self, path: str | Path) -> None:
@@ -271,7 +277,11 @@ class DASCell(nn.Module):
     weight 0 without renormalisation (perturbation selection). ``fixed``: (edges,) op index
     per edge already discretised by selection (one-hot weights), -1 while still mixed.
     ``pixel_mean``/``pixel_std``: the input's normalisation, for the colour ops (see
-    ``PixelSpace``).
+    ``PixelSpace``). ``magnitudes="gaussian"`` (DRA's magnitude distributions in the video
+    setting): in training each sample draws its magnitudes ``m = mu + eps * sigma``,
+    ``eps ~ N(0, 1)`` per (sample, edge, op), with ``mu`` the (learnable) ``magnitudes`` and
+    ``sigma = softplus(sigma_raw)`` (init 0.1 x the op's default magnitude) learned with tau;
+    evaluation, selection and the genotype use ``mu``.
     """
 
     def __init__(
@@ -285,10 +295,15 @@ class DASCell(nn.Module):
         tau_init_std: float = 1e-3,
         pixel_mean: Sequence[float] | None = None,
         pixel_std: Sequence[float] | None = None,
+        magnitudes: str = "fixed",
     ) -> None:
         super().__init__()
         if not isinstance(frames, int) or frames < 1:
             raise ValueError(f"frames must be a positive int, got {frames!r}")
+        if magnitudes not in MAGNITUDE_MODES:
+            raise ValueError(f"magnitudes must be one of {MAGNITUDE_MODES}, got {magnitudes!r}")
+        self.gaussian = magnitudes == "gaussian"
+        learn_magnitudes = learn_magnitudes or self.gaussian
         if mode not in STEP_MODES:
             raise ValueError(f"mode must be one of {STEP_MODES}, got {mode!r}")
         self.frames, self.nodes, self.mode, self.aspect = frames, nodes, mode, aspect
@@ -305,13 +320,38 @@ class DASCell(nn.Module):
             self.magnitudes = nn.Parameter(mags)
         else:
             self.register_buffer("magnitudes", mags)
+        if self.gaussian:  # softplus^-1 of 0.1 x |default| (at least 1e-3)
+            sigma0 = (0.1 * mags.abs()).clamp(min=1e-3)
+            self.sigma_raw = nn.Parameter(torch.log(torch.expm1(sigma0)))
         self.register_buffer("mask", torch.ones(E, K))
         self.register_buffer("fixed", torch.full((E,), -1, dtype=torch.long))
         self._theta_cache: Tensor | None = None
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """What the architecture optimiser updates: tau (and learnable magnitudes)."""
-        return [self.tau] + ([self.magnitudes] if self.learn_magnitudes else [])
+        extra = [self.magnitudes] if self.learn_magnitudes else []
+        return [self.tau] + extra + ([self.sigma_raw] if self.gaussian else [])
+
+    def sigma(self) -> Tensor:
+        """(edges, ops) standard deviations of the magnitudes (``--magnitudes gaussian``)."""
+        if not self.gaussian:
+            return torch.zeros_like(self.magnitudes)
+        return F.softplus(self.sigma_raw.float())
+
+    def _sampled(self, eps: Tensor) -> Tensor:
+        """(B, edges, ops) magnitudes ``mu + eps * sigma`` (clamped like learnable ones)."""
+        return (self.magnitudes.float() + eps * self.sigma()).clamp(min=MIN_MAGNITUDE)
+
+    def _sample_thetas(self, mags: Tensor) -> Tensor:
+        """(B, edges, affine ops, T, 2, 3) sampling matrices of per-sample magnitudes."""
+        steps = frame_steps(self.frames, self.mode, device=mags.device)
+        return torch.stack(
+            [
+                TRANSFORMS[self.ops[k]](mags[..., k, None], steps, self.aspect)
+                for k in self.affine_idx
+            ],
+            dim=2,
+        )
 
     def edge_weights(self) -> Tensor:
         """(edges, ops): softmax(tau) per edge, masked ops at 0 (no renormalisation);
@@ -374,8 +414,11 @@ class DASCell(nn.Module):
         self._theta_cache = None
         super()._load_from_state_dict(*args, **kwargs)
 
-    def forward(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
-        """x (B, C, H, W) -> (B, T, C, H, W). ``weights`` (edges, ops) overrides the mix."""
+    def forward(
+        self, x: Tensor, weights: Tensor | None = None, eps: Tensor | None = None
+    ) -> Tensor:
+        """x (B, C, H, W) -> (B, T, C, H, W). ``weights`` (edges, ops) overrides the mix;
+        ``eps`` (B, edges, ops) fixes the gaussian magnitudes' noise (training only)."""
         _check_input(x)
         w = self.edge_weights() if weights is None else weights
         if w.shape != self.tau.shape:
@@ -384,10 +427,24 @@ class DASCell(nn.Module):
             )
         w = w.float()
         w_affine, w_colour = w[:, self.affine_idx], w[:, self.colour_idx]
-        theta = self.thetas() if self.affine_idx else None
+        sampled = None
+        if self.gaussian and self.training:
+            if eps is None:
+                eps = torch.randn(x.shape[0], *self.tau.shape).to(x.device)
+            sampled = self._sampled(eps.float())
+        if not self.affine_idx:
+            theta = None
+        elif sampled is not None:  # per sample: (edges, B, affine ops, T, 2, 3)
+            theta = self._sample_thetas(sampled).transpose(0, 1)
+        else:
+            theta = self.thetas()
         warped = [theta is not None] * len(self.edges)
         if self.colour_idx:
-            amounts = self.colour_amounts()
+            if sampled is None:
+                amounts = self.colour_amounts()
+            else:  # per sample: (edges, colour ops, B, T)
+                steps = frame_steps(self.frames, self.mode, device=x.device)
+                amounts = (sampled[..., self.colour_idx, None] * steps).permute(1, 2, 0, 3)
             live = (w_colour != 0).tolist()  # exact zeros (masked / fixed) add nothing
             colour_ops = [self.ops[k] for k in self.colour_idx]
             if theta is not None:
@@ -418,6 +475,7 @@ class DASCell(nn.Module):
         w = self.edge_weights()
         idx = w.argmax(dim=-1).tolist()
         mags = [float(self.magnitudes[e, k]) for e, k in enumerate(idx)]
+        sigma = self.sigma()
         return Genotype(
             tuple(self.ops[k] for k in idx),
             self.nodes,
@@ -425,12 +483,14 @@ class DASCell(nn.Module):
             tuple(mags),
             self.mode,
             self.ops,
+            tuple(float(sigma[e, k]) for e, k in enumerate(idx)) if self.gaussian else (),
         )
 
     def extra_repr(self) -> str:
         return (
             f"frames={self.frames}, nodes={self.nodes}, edges={len(self.edges)}, "
             f"ops={list(self.ops)}, learn_magnitudes={self.learn_magnitudes}, mode={self.mode}"
+            + (", magnitudes=gaussian" if self.gaussian else "")
         )
 
 

@@ -401,6 +401,14 @@ def _search_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also learn each op's magnitude per edge (with tau)",
     )
+    g.add_argument(
+        "--magnitudes",
+        choices=("fixed", "gaussian"),
+        default="fixed",
+        help="gaussian: each edge-op magnitude is N(mu, sigma^2), drawn per sample in "
+        "training (DRA's magnitude distributions in the video setting); mu and sigma are "
+        "learned with tau (implies --learn-magnitudes); the genotype stores mu and sigma",
+    )
     g = p.add_argument_group("search")
     g.add_argument("--epochs", type=positive_int, default=8, help="search epochs")
     g.add_argument(

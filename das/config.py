@@ -79,6 +79,7 @@ class CellConfig:
     nodes: int
     ops: str
     learn_magnitudes: bool
+    magnitudes: str  # fixed | gaussian (per-sample N(mu, sigma^2), learned with tau)
 
 
 @dataclass(frozen=True)
@@ -496,6 +497,11 @@ def _check_search(cfg: RunConfig) -> None:
         _check_dra(cfg)
         return
     _check_rf(cfg)
+    if cfg.cell.magnitudes == "gaussian" and cfg.segmentation:
+        raise ConfigError(
+            "--magnitudes gaussian: classification only (the un-warp would need each "
+            "sample's own paths)"
+        )
     try:
         resolve_ops(cfg.cell.ops)
     except ValueError as exc:

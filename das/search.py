@@ -320,9 +320,10 @@ class Searcher:
                 },
                 **(
                     {"magnitudes": self.cell.magnitudes.detach().cpu().tolist()}
-                    if self.cfg.cell is not None and self.cfg.cell.learn_magnitudes
+                    if self.cell.learn_magnitudes
                     else {}
                 ),
+                **({"sigmas": self.cell.sigma().cpu().tolist()} if self.cell.gaussian else {}),
             }
 
     def _val_fields(self, ev: dict[str, Any]) -> dict[str, Any]:

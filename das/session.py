@@ -205,6 +205,7 @@ def search_network(cfg: RunConfig, bundle: DataBundle) -> VideoNetwork:
         aspect=_aspect(bundle),
         pixel_mean=bundle.mean,
         pixel_std=bundle.std,
+        magnitudes=cell.magnitudes,
     )
     backbone = build_backbone(
         model.arch,
