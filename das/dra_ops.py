@@ -42,8 +42,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from das.cell import AUTOAUGMENT13
 from das_kernels import affine
-from das_kernels.colour import colour_transform
+from das_kernels.colour import DRA_EXTRA_OPS, colour_transform
 
 __all__ = [
     "AFFINE",
@@ -60,24 +61,8 @@ __all__ = [
     "parameter",
 ]
 
-DRA_OPS: tuple[str, ...] = (
-    "shear_x",
-    "shear_y",
-    "translate_x",
-    "translate_y",
-    "rotate",
-    "auto_contrast",
-    "equalize",
-    "solarize",
-    "posterize",
-    "contrast",
-    "color",
-    "brightness",
-    "sharpness",
-    "invert",
-    "solarize_add",
-    "cutout",
-)
+# the DAS paper's 13-op space (its affine ops, then das_kernels.colour's) + DRA's three
+DRA_OPS: tuple[str, ...] = (*AUTOAUGMENT13, *DRA_EXTRA_OPS)
 AFFINE: frozenset[str] = frozenset(("shear_x", "shear_y", "translate_x", "translate_y", "rotate"))
 ENHANCE: frozenset[str] = frozenset(("contrast", "color", "brightness", "sharpness"))
 MAGNITUDE_FREE: frozenset[str] = frozenset(("auto_contrast", "equalize", "invert"))
