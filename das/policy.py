@@ -6,8 +6,9 @@ image. Specs:
 
 * ``flipcrop``: nothing more than the loader's flip and pad-crop (the plain baseline).
 * ``randaugment:N,M``, ``trivialaugment``, ``autoaugment:cifar10|imagenet|svhn``: kornia's
-  ``kornia.augmentation.auto`` implementations (``RandAugment(n=N, m=M)``, M in 0..30 as in
-  kornia; ``TrivialAugment()``; ``AutoAugment(policy=...)``), not re-implementations.
+  ``kornia.augmentation.auto`` implementations, not re-implementations:
+  ``RandAugment(n=N, m=M)`` (1 <= N <= 15 ops, magnitude 0 < M < 30: each op at M/30 of
+  its range, as in kornia), ``TrivialAugment()``, ``AutoAugment(policy=...)``.
 * ``dra:policy.json``: a policy learned by ``das.search --method dra``
   (:class:`das.dra.DRAPolicy`: per layer an op drawn by its weights, magnitude from
   N(mu, sigma^2), applied with probability U(0.2, 0.8)).
@@ -50,7 +51,7 @@ __all__ = [
 
 POLICY_KINDS = ("flipcrop", "randaugment", "trivialaugment", "autoaugment", "dra", "das")
 AUTOAUGMENT_POLICIES = ("cifar10", "imagenet", "svhn")
-RANDAUGMENT_MAX_M = 30  # kornia's magnitude scale
+RANDAUGMENT_M_SCALE = 30  # kornia's RandAugment: magnitude m / 30 of each op's range, 0 < m < 30
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,12 @@ def parse_policy(text: str) -> PolicySpec:
             n, m = (int(p) for p in parts)
         except ValueError:
             n = m = -1
-        if len(parts) != 2 or n < 1 or not 0 <= m <= RANDAUGMENT_MAX_M:
+        max_n = _randaugment_ops()
+        if len(parts) != 2 or not 1 <= n <= max_n or not 0 < m < RANDAUGMENT_M_SCALE:
             raise ValueError(
-                f"expected randaugment:N,M with N >= 1 ops and magnitude 0 <= M <= "
-                f"{RANDAUGMENT_MAX_M} (kornia's scale), got {text!r}"
+                f"expected randaugment:N,M with 1 <= N <= {max_n} ops (kornia's RandAugment "
+                f"draws them without replacement) and magnitude 0 < M < {RANDAUGMENT_M_SCALE} "
+                f"(kornia's scale, exclusive), got {text!r}"
             )
         return PolicySpec(kind, (n, m))
     if kind == "autoaugment":
@@ -107,6 +110,13 @@ def parse_policy(text: str) -> PolicySpec:
     if spec.kind != kind:
         raise ValueError(f"{rest} is a {spec.kind} file, not a {kind} one (use {spec.kind}:)")
     return spec
+
+
+def _randaugment_ops() -> int:
+    """How many ops kornia's default RandAugment chooses from (the largest N)."""
+    from kornia.augmentation.auto.rand_augment.rand_augment import default_policy
+
+    return len(default_policy)
 
 
 _SYNTAX = (
@@ -174,7 +184,10 @@ class PolicyAugment(nn.Module):
 
     ``augment`` maps a batch to an augmented batch, on [0, 1] pixels when ``in_pixels``
     (un-normalised with ``mean``/``std`` around it) else on the normalised batch; None: the
-    identity (flipcrop)."""
+    identity (flipcrop). ``source``, the module behind ``augment`` (kornia op, DRA policy,
+    cell), follows ``.to()`` and ``.train()`` but is not a submodule: the policy is rebuilt
+    from its spec, so checkpoints hold none of its state and load into the plain 2D network
+    (what evaluation builds: the policy does not act there)."""
 
     def __init__(
         self,
@@ -186,9 +199,25 @@ class PolicyAugment(nn.Module):
     ) -> None:
         super().__init__()
         self.augment, self.in_pixels = augment, in_pixels
-        self.source = source  # the module behind `augment` (kornia op, DRA policy, cell)
+        self._source = () if source is None else (source,)  # a tuple: not registered
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def source(self) -> nn.Module | None:
+        return self._source[0] if self._source else None
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> PolicyAugment:  # .to(), .cuda()
+        super()._apply(fn, recurse)
+        for module in self._source:
+            module._apply(fn, recurse)
+        return self
+
+    def train(self, mode: bool = True) -> PolicyAugment:
+        super().train(mode)
+        for module in self._source:
+            module.train(mode)
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.augment is None:
@@ -239,7 +268,7 @@ def build_policy(
     _check_not_identity(genotype, path)
     from das.variants import RandomFrameCell
 
-    frames = RandomFrameCell(DiscreteCell(genotype, aspect, mean, std)).train()
+    frames = RandomFrameCell(DiscreteCell(genotype, aspect, mean, std))
     gain = (2.0**genotype.nodes - 1) / genotype.nodes
 
     def one_frame(x: Tensor) -> Tensor:

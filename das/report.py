@@ -347,9 +347,12 @@ def _paired_differences(
     return rows
 
 
-def write_ablation_report(results: list[dict[str, Any]], out: Path, cfg: RunConfig) -> None:
-    """ablation.json (every run) and ablation.md: one row per (variant, fusion), val acc mean
-    +- sample sd over seeds, and DAS's differences paired by seed."""
+def write_ablation_report(
+    results: list[dict[str, Any]], out: Path, cfg: RunConfig, command: str | None = None
+) -> None:
+    """ablation.json (every run) and ablation.md: one row per (variant, fusion) (or policy),
+    val acc mean +- sample sd over seeds, and DAS's (each policy's) differences paired by
+    seed; ``command``: the command line that ran it, quoted in ablation.md."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(results, indent=1) + "\n", out / "ablation.json")
     groups = _groups(results)
@@ -391,6 +394,7 @@ def write_ablation_report(results: list[dict[str, Any]], out: Path, cfg: RunConf
         f"- arch: {cfg.model.arch} (width x{cfg.model.width_mult}), budget: {budget}, "
         f"batch {t.batch_size}",
         f"- genotype: {t.genotype}" if t.policies is None else f"- policies: {t.policies}",
+        *([f"- command: `{command}`"] if command else []),
         "",
         markdown_table(header, rows),
         "",

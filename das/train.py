@@ -16,6 +16,7 @@ continues it, ``--eval-only`` evaluates it (also ``python -m das.evaluate``). Un
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from typing import Any
@@ -263,12 +264,13 @@ def run_train(
     return session.run_job(cfg, env, make)
 
 
-def _main(cfg: RunConfig) -> int:
+def _main(cfg: RunConfig, argv: list[str] | None = None) -> int:
     assert cfg.train is not None
     if cfg.train.ablation:
         from das.ablation import run_ablation
 
-        run_ablation(cfg)
+        args = sys.argv[1:] if argv is None else argv
+        run_ablation(cfg, command=f"python -m das.train {shlex.join(args)}")
         if cli.is_main_process():
             print((cfg.out / "ablation.md").read_text())
     else:
@@ -283,7 +285,7 @@ def _main(cfg: RunConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_cli("train", argv, _main)
+    return cli.run_cli("train", argv, lambda cfg: _main(cfg, argv))
 
 
 if __name__ == "__main__":
