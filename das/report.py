@@ -388,7 +388,7 @@ def write_ablation_report(
     header += ["per seed", f"best val {name} %", f"last train {name} %", "s/step"]
     header += ["train s (all seeds)"]
     lines = [
-        "# DAS ablation",
+        "# Image-to-image policies" if t.policies is not None else "# DAS ablation",
         "",
         f"- data: {results[0]['data'] if results else cfg.data.data}",
         f"- arch: {cfg.model.arch} (width x{cfg.model.width_mult}), budget: {budget}, "
@@ -411,10 +411,13 @@ def write_ablation_report(
     ]
     policies = t.policies is not None
     if policies:
-        paired = _paired_differences(groups, f"val_{metric}", "flipcrop", -1.0)
+        paired = [
+            [row[1], *row[3:]]  # 2D runs: no fusion columns
+            for row in _paired_differences(groups, f"val_{metric}", "flipcrop", -1.0)
+        ]
         heading = f"Each policy minus flipcrop, paired by seed (val {name} points; > 0: the "
         heading += "policy is better):"
-        columns = ["flipcrop fusion", "policy", "fusion", "seeds", "difference", "policy wins"]
+        columns = ["policy", "seeds", "difference", "policy wins"]
     else:
         paired = _paired_differences(groups, f"val_{metric}")
         heading = f"DAS minus each variant, paired by seed (val {name} points; > 0: DAS is "

@@ -142,6 +142,7 @@ def test_train_with_a_policy_and_the_ablation_over_policies(tmp_path):
     assert (ab / "randaugment-1-5" / "seed1" / "checkpoint.pt").is_file()
     text = (ab / "ablation.md").read_text()
     assert "Each policy minus flipcrop" in text and "| randaugment-1-5 |" in text
+    assert text.startswith("# Image-to-image policies") and "| randaugment-1-5 | 2 |" in text
     assert "- command: `python -m das.train " in text and "randaugment:1,5 --seeds 0,1" in text
 
 
