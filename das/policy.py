@@ -22,6 +22,8 @@ image. Specs:
 Kornia and DRA policies act on [0, 1] pixels: the normalised batch is un-normalised with the
 data's mean/std, clamped to [0, 1], augmented and normalised back (kornia's on three
 channels: a grayscale image goes through as three equal channels, back as their mean).
+Kornia draws a policy's op(s) once per call for the whole batch; the papers draw them per
+image, so kornia's policy is called on each image separately (``build_policy(group=1)``).
 Their randomness comes from torch's global generator, which the trainer seeds per rank and
 checkpoints, so ``--resume`` repeats the augmentation.
 """
@@ -229,22 +231,30 @@ class PolicyAugment(nn.Module):
         return ((out - self.mean) / self.std).to(x.dtype).unsqueeze(1)
 
 
-def _on_rgb(op: nn.Module) -> Callable[[Tensor], Tensor]:
-    """`op` on RGB images; grayscale ones (C = 1) go through as three equal channels and
-    come back as their mean (kornia's colour ops need C = 3)."""
+def _kornia_per_group(op: nn.Module, group: int) -> Callable[[Tensor], Tensor]:
+    """`op` (a ``kornia.augmentation.auto`` policy) on (B, C, H, W) pixels, called once per
+    `group` images: kornia draws the op(s) once per call for its whole batch (only magnitudes
+    and probabilities per image), while the papers draw them per image, so ``group=1``
+    (every image its own draw) is the faithful setting. Grayscale images (C = 1) go through
+    as three equal channels and come back as their mean (kornia's colour ops need C = 3)."""
 
     def apply(x: Tensor) -> Tensor:
-        if x.shape[1] == 1:
-            return op(x.expand(-1, 3, -1, -1)).mean(1, keepdim=True)
-        return op(x)
+        rgb = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        out = torch.cat([op(part) for part in rgb.split(group)])
+        return out.mean(1, keepdim=True) if x.shape[1] == 1 else out
 
     return apply
 
 
 def build_policy(
-    spec: PolicySpec, mean: Sequence[float], std: Sequence[float], aspect: float = 1.0
+    spec: PolicySpec,
+    mean: Sequence[float],
+    std: Sequence[float],
+    aspect: float = 1.0,
+    group: int = 1,
 ) -> PolicyAugment:
-    """The :class:`PolicyAugment` of `spec` for data normalised with (mean, std)."""
+    """The :class:`PolicyAugment` of `spec` for data normalised with (mean, std); kornia's
+    policies draw their ops once per `group` images (1: per image, as in the papers)."""
     if spec.kind == "flipcrop":
         return PolicyAugment(None, mean, std)
     if spec.kind in ("randaugment", "trivialaugment", "autoaugment"):
@@ -257,7 +267,7 @@ def build_policy(
             op = auto.TrivialAugment()
         else:
             op = auto.AutoAugment(policy=str(spec.args[0]))
-        return PolicyAugment(_on_rgb(op), mean, std, source=op)
+        return PolicyAugment(_kornia_per_group(op, group), mean, std, source=op)
     path = str(spec.args[0])
     if spec.kind == "dra":
         from das.dra import DRAPolicy

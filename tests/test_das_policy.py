@@ -191,3 +191,19 @@ def test_policy_modules_follow_the_network():
     policy = PolicyAugment(frames, MEAN, STD, in_pixels=False, source=frames).double().eval()
     assert frames.theta.dtype == torch.float64 and not frames.training
     assert list(policy.state_dict()) == [] and list(policy.parameters()) == []
+
+
+@pytest.mark.parametrize("group, calls", [(1, [1] * 6), (4, [4, 2])])
+def test_kornia_draws_its_ops_per_image(group, calls, monkeypatch):
+    """kornia draws a policy's ops once per call for its whole batch; the papers per image."""
+    import kornia.augmentation.auto as auto
+
+    seen, forward = [], auto.TrivialAugment.forward
+
+    def counting(self, x, *args, **kwargs):
+        seen.append(len(x))
+        return forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(auto.TrivialAugment, "forward", counting)
+    policy = build_policy(parse_policy("trivialaugment"), MEAN, STD, group=group).train()
+    assert policy(torch.randn(6, 3, 8, 8)).shape == (6, 1, 3, 8, 8) and seen == calls
