@@ -207,3 +207,12 @@ def test_kornia_draws_its_ops_per_image(group, calls, monkeypatch):
     monkeypatch.setattr(auto.TrivialAugment, "forward", counting)
     policy = build_policy(parse_policy("trivialaugment"), MEAN, STD, group=group).train()
     assert policy(torch.randn(6, 3, 8, 8)).shape == (6, 1, 3, 8, 8) and seen == calls
+
+
+def test_flipcrop_trains_exactly_the_plain_baseline(tmp_path):
+    args = [*TINY_DATA, "--epochs", "1", "--max-steps", "2"]
+    assert train.main([*args, "--variant", "baseline", "--out", str(tmp_path / "b")]) == 0
+    assert train.main([*args, "--policy", "flipcrop", "--out", str(tmp_path / "f")]) == 0
+    a = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["network"]
+    b = torch.load(tmp_path / "f" / "checkpoint.pt", weights_only=False)["network"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
