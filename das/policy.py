@@ -176,7 +176,10 @@ def parse_policy_list(text: str) -> list[PolicySpec]:
     specs = [parse_policy(t) for t in tokens]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise ValueError(f"policies repeat a name: {names}")
+        raise ValueError(
+            f"policies repeat a name: {names} (each run is OUT/<name>; dra: and das: files "
+            "are named dra and das, so compare two of a kind in separate ablations)"
+        )
     return specs
 
 
