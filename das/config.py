@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -105,6 +105,9 @@ class SearchConfig:
     finetune_epochs: float
     finetune_lr: float
     rf: bool  # receptive fields of the searched backbone in the report (das.rf_report)
+    # fields added later have defaults: configurations saved before them still load
+    select_images: int = 0  # images selection scores on (0: the arch half, at most 10,000)
+    seeds: str | None = None  # --seeds: one search per seed + consensus (das.consensus)
 
 
 @dataclass(frozen=True)
@@ -320,7 +323,11 @@ class RunConfig:
                 problems.append(f"missing field {name!r}")
                 continue
             names = [f.name for f in fields(_SECTIONS[name])]
-            problems += [f"missing field '{name}.{k}'" for k in names if k not in section]
+            problems += [
+                f"missing field '{name}.{f.name}'"
+                for f in fields(_SECTIONS[name])
+                if f.name not in section and f.default is MISSING
+            ]
             problems += [f"unknown field '{name}.{k}'" for k in section if k not in names]
         if problems:
             raise ConfigError(f"{where}: " + "; ".join(problems))
@@ -507,9 +514,19 @@ def _check_search(cfg: RunConfig) -> None:
     except ValueError as exc:
         raise ConfigError(f"--ops: {exc} (search spaces: {', '.join(SEARCH_SPACES)})") from None
     s = cfg.search
+    _check_seeds(s.seeds)
     if s.warmup_epochs >= s.epochs:
         raise ConfigError(f"--warmup-epochs ({s.warmup_epochs}) must be < --epochs ({s.epochs})")
     _check_gsf(cfg.model, [cfg.model.fusion])
+
+
+def _check_seeds(text: str | None) -> None:
+    """``--seeds``: a comma list of distinct non-negative integers (or not given)."""
+    if text is None:
+        return
+    seeds = comma_list(text)
+    if not seeds or not all(s.isdigit() for s in seeds) or len(set(seeds)) < len(seeds):
+        raise ConfigError(f"--seeds: expected distinct non-negative integers: {text!r}")
 
 
 def _check_dra(cfg: RunConfig) -> None:
@@ -559,10 +576,7 @@ def _check_train(cfg: RunConfig) -> None:
                 "--ablation with das/augment/shuffle/das-nounwarp needs --genotype "
                 "(a genotype.json or 'random')"
             )
-        if t.seeds is not None:
-            seeds = comma_list(t.seeds)
-            if not seeds or not all(s.isdigit() for s in seeds) or len(set(seeds)) < len(seeds):
-                raise ConfigError(f"--seeds: expected distinct non-negative integers: {t.seeds!r}")
+        _check_seeds(t.seeds)
         if t.jobs > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError("--jobs runs several processes itself; under torchrun use --jobs 1")
         _check_gsf(cfg.model, fusions if any(v in VIDEO_VARIANTS for v in variants) else [])

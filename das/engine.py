@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ __all__ = [
     "autocast",
     "cosine_lr",
     "evaluate",
+    "gather_cat",
     "loss_and_correct",
     "make_sgd",
     "set_lr",
@@ -113,6 +115,24 @@ class Meter:
         return self.correct / max(self.n, 1)
 
 
+def gather_cat(t: Tensor, env: DistEnv) -> Tensor:
+    """The 1-D tensors `t` of all ranks concatenated in rank order (on every rank); `t`
+    itself when alone. Lengths may differ between ranks."""
+    if not env.distributed:
+        return t
+    import torch.distributed as dist
+
+    local = t.reshape(-1).to(env.device, torch.float64)
+    sizes = [torch.zeros(1, dtype=torch.int64, device=env.device) for _ in range(env.world)]
+    dist.all_gather(sizes, torch.tensor([local.numel()], device=env.device))
+    longest = int(max(int(s) for s in sizes))
+    padded = torch.zeros(longest, dtype=torch.float64, device=env.device)
+    padded[: local.numel()] = local
+    parts = [torch.empty_like(padded) for _ in range(env.world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)]).cpu()
+
+
 @torch.no_grad()
 def evaluate(
     network: nn.Module,
@@ -120,13 +140,18 @@ def evaluate(
     env: DistEnv,
     amp: bool = False,
     chunk: int | None = None,
-) -> dict[str, float]:
+    per_image: bool = False,
+) -> dict[str, Any]:
     """Loss/accuracy of `network` (eval mode, restored afterwards) summed over all ranks.
-    ``chunk``: run the network on at most that many images at once (the same logits)."""
+    ``chunk``: run the network on at most that many images at once (the same logits).
+    ``per_image``: also ``correct`` and ``losses``, float64 CPU tensors of one value per
+    image (1/0, cross-entropy) in batch order, the ranks' concatenated in rank order."""
     was_training = network.training
     network.eval()
     t0 = time.perf_counter()
     totals = torch.zeros(3, dtype=torch.float64)
+    correct_parts: list[Tensor] = []
+    loss_parts: list[Tensor] = []
     try:
         for x, y in batches:
             with autocast(x.device, amp):
@@ -136,13 +161,22 @@ def evaluate(
             totals += torch.tensor(
                 [float(loss) * len(y), float(correct), len(y)], dtype=torch.float64
             )
+            if per_image:
+                losses = F.cross_entropy(logits.float(), y, reduction="none")
+                loss_parts.append(losses.double().cpu())
+                correct_parts.append((logits.argmax(dim=1) == y).double().cpu())
     finally:
         network.train(was_training)
     all_reduce_([totals], env, average=False)
     n = max(totals[2].item(), 1.0)
-    return {
+    result: dict[str, Any] = {
         "loss": totals[0].item() / n,
         "acc": totals[1].item() / n,
         "n": int(totals[2].item()),
         "seconds": time.perf_counter() - t0,
     }
+    if per_image:
+        empty = torch.zeros(0, dtype=torch.float64)
+        result["correct"] = gather_cat(torch.cat(correct_parts) if correct_parts else empty, env)
+        result["losses"] = gather_cat(torch.cat(loss_parts) if loss_parts else empty, env)
+    return result

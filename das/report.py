@@ -23,6 +23,7 @@ __all__ = [
     "markdown_table",
     "plot_curves",
     "plot_selection",
+    "selection_table",
     "plot_tau",
     "plot_video",
     "write_ablation_report",
@@ -109,7 +110,8 @@ def plot_selection(records: list[dict[str, Any]], path: Path, metric: str = "acc
     for k, op in enumerate(ops):
         xs = [r["edge"] + (k - (len(ops) - 1) / 2) * width for r in records]
         drops = [100 * (r["base_acc"] - r["op_acc"][op]) for r in records]
-        bars = ax.bar(xs, drops, width, label=op)
+        errs = [100 * (r.get("drop_se") or {}).get(op, 0.0) for r in records]
+        bars = ax.bar(xs, drops, width, label=op, yerr=errs if any(errs) else None)
         for bar, r in zip(bars, records):
             if r["chosen"] == op:
                 bar.set_hatch("//")
@@ -264,32 +266,59 @@ def write_search_report(searcher: Searcher, result: dict[str, Any]) -> None:
         "",
     ]
     if result["records"]:
-        ops = list(searcher.cell.ops)
+        n_select = len(searcher.select_loader.data)
         lines += [
             "## Perturbation selection",
             "",
-            f"Accuracy drop ({len(searcher.eval_loader.data)} images of the arch half) when each "
-            "op of an edge is masked; the op whose removal hurts most is kept (ties: the "
-            "larger loss increase). Edges in selection order.",
+            f"Accuracy drop ± standard error ({n_select} images of the arch half, "
+            "`--select-images`) when each op of an edge is masked; the SE is that of the "
+            "per-image paired differences (base and masked supernet on the same images). The op "
+            "whose removal hurts most is kept (ties within 1e-9: the larger loss increase, then "
+            "the larger weight). margin = its drop minus the runner-up's, ± the SE of their "
+            "per-image difference; **within noise** = margin below 2 SE (or zero). Edges in "
+            "selection order.",
             "",
-            markdown_table(
-                ["edge", "from->to", "base acc", *[f"drop {o}" for o in ops], "kept"],
-                [
-                    [
-                        r["edge"],
-                        f"{r['src']}->{r['dst']}",
-                        r["base_acc"],
-                        *[r["drop"][o] for o in ops],
-                        r["chosen"],
-                    ]
-                    for r in result["records"]
-                ],
-            ),
+            selection_table(result["records"], list(searcher.cell.ops)),
             "",
             "![selection](selection.png)",
             "",
         ]
     atomic_write_text("\n".join(lines), out / "report.md")
+
+
+def _with_se(value: float, se: float | None) -> str:
+    return f"{value:.4f}" if se is None else f"{value:+.4f} ± {se:.4f}"
+
+
+def selection_table(records: list[dict[str, Any]], ops: Sequence[str], score: str = "acc") -> str:
+    """Markdown table of selection records: base score, each op's drop (± SE where
+    measured), the kept op, its margin over the runner-up (± SE) and whether that is within
+    noise."""
+    noisy = sum(bool(r.get("within_noise")) for r in records)
+    rows = []
+    for r in records:
+        se = r.get("drop_se") or {}
+        margin = r.get("margin")
+        vs = "-" if margin is None else f"{_with_se(margin, r['margin_se'])} vs {r['runner_up']}"
+        rows.append(
+            [
+                r["edge"],
+                f"{r['src']}->{r['dst']}",
+                r["base_acc"],
+                *[_with_se(r["drop"][o], se.get(o)) for o in ops],
+                r["chosen"],
+                vs,
+                {True: "**within noise**", False: "no", None: "-"}[r.get("within_noise")],
+            ]
+        )
+    table = markdown_table(
+        ["edge", "from->to", f"base {score}", *[f"drop {o}" for o in ops], "kept", "margin",
+         "noise"],
+        rows,
+    )  # fmt: skip
+    if any(r.get("within_noise") is not None for r in records):
+        table += f"\n\n{noisy} of {len(records)} decisions within noise."
+    return table
 
 
 def mean_of(rows: list[dict[str, Any]], key: str) -> float:

@@ -14,6 +14,11 @@ genotype's frames of four validation images), ``config.json`` and ``checkpoint.p
 (atomic, every epoch and every selected edge). Under ``torchrun`` only rank 0 writes;
 ``--batch-size`` is per process.
 
+``--select-images`` (default: all of the arch half, at most 10,000) is what selection scores
+each masked op on, with paired per-image standard errors (:mod:`das.select`);
+``--eval-images`` (256) only the per-epoch supernet accuracy. ``--seeds 0,1,2`` runs the
+search once per seed and writes their consensus (:mod:`das.consensus`).
+
 ``--method dra`` searches a Differentiable RandAugment policy instead
 (:mod:`das.dra_search`).
 """
@@ -62,6 +67,15 @@ def _halves(bundle: DataBundle, seed: int) -> tuple[ImageSet, ImageSet]:
     )
 
 
+SELECT_CAP = 10_000  # most images perturbation selection scores on
+
+
+def select_count(n_arch: int, select_images: int) -> int:
+    """Images selection scores on: ``--select-images`` (0 = all of the arch half), at most
+    SELECT_CAP."""
+    return min(select_images or n_arch, n_arch, SELECT_CAP)
+
+
 def _eval_subset(a_set: ImageSet, n_eval: int, seed: int) -> ImageSet:
     """A fixed seeded subset of `n_eval` images of the arch half (0 or more: all of it)."""
     if not n_eval or n_eval >= len(a_set):
@@ -102,13 +116,16 @@ class Searcher:
         w_set, a_set = _halves(self.bundle, cfg.seed)
         self.w_loader = session.train_loader(cfg, self.bundle, w_set, 0, env)
         self.a_loader = session.train_loader(cfg, self.bundle, a_set, 1, env)
-        self.eval_loader = session.eval_loader(
-            _eval_subset(a_set, s.eval_images, cfg.seed),
-            max(s.batch_size, 256),
-            self.bundle.mean,
-            self.bundle.std,
-            env,
-            cfg.runtime.workers,
+        self.eval_loader, self.select_loader = (
+            session.eval_loader(
+                _eval_subset(a_set, n, cfg.seed),
+                max(s.batch_size, 256),
+                self.bundle.mean,
+                self.bundle.std,
+                env,
+                cfg.runtime.workers,
+            )
+            for n in (s.eval_images, select_count(len(a_set), s.select_images))
         )
         self.w_stream, self.a_stream = BatchStream(self.w_loader), BatchStream(self.a_loader)
         self.steps_per_epoch = s.steps_per_epoch or len(self.w_loader)
@@ -302,10 +319,14 @@ class Searcher:
             "sec_weight_step": t_weight / n,
         }
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, images: str = "eval") -> dict[str, Any]:
+        """The supernet on the ``--eval-images`` subset (``images="eval"``) or, with per-image
+        correctness and losses, on the ``--select-images`` one (``"select"``)."""
         broadcast_buffers(self.backbone, self.env)
-        batches = self.eval_loader.epoch_batches(0)
-        return evaluate(self.network, batches, self.env, self.amp, session.eval_chunk(self.cfg))
+        select = images == "select"
+        batches = (self.select_loader if select else self.eval_loader).epoch_batches(0)
+        chunk = session.eval_chunk(self.cfg)
+        return evaluate(self.network, batches, self.env, self.amp, chunk, per_image=select)
 
     def _tau_row(self) -> dict[str, Any]:
         with torch.no_grad():
@@ -390,10 +411,10 @@ class Searcher:
             initial=len(self.records) * (len(self.cell.ops) + 1),
         )
 
-        def acc() -> dict[str, float]:
+        def acc() -> dict[str, Any]:
             fault_point("select")
             bar.update(1)
-            return self.evaluate()
+            return self.evaluate("select")
 
         def on_edge(records: list[EdgeRecord]) -> None:
             self.records = records
@@ -464,6 +485,14 @@ def _searcher(cfg: RunConfig, env: DistEnv) -> Any:
 
 
 def _main(cfg: RunConfig) -> int:
+    if cfg.search is not None and cfg.search.seeds is not None:  # one search per seed
+        from das.consensus import run_seeds
+
+        result = run_seeds(cfg)
+        if cli.is_main_process():
+            print(f"consensus genotype: {list(result['genotype'].ops)}")
+            print(f"wrote {cfg.out / 'consensus.json'} and {cfg.out / 'report.md'}")
+        return 0
     result = run_search(cfg)
     if result.get("method") == "dra":  # (cfg is the command line's; --resume may be dra)
         from das.dra_search import print_result

@@ -162,7 +162,9 @@ class SegSearcher(Searcher):
         for _ in range(int(round(s.finetune_epochs * self.steps_per_epoch))):
             self._weight_step(*next(self.w_stream))
 
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self, images: str = "eval") -> dict[str, Any]:
+        """mIoU on the ``--eval-images`` subset, for selection too (``images`` is ignored:
+        mIoU has no per-image score, so selection records carry no SEs)."""
         broadcast_buffers(self.network, self.env)
         return segtask.seg_evaluate(
             self.network,

@@ -16,6 +16,7 @@ from das.report import (
     plot_tau,
     plot_video,
     plt_module,
+    selection_table,
 )
 from das.runtime import atomic_write_text, backend_name
 from das_kernels.affine import frame_steps
@@ -173,27 +174,16 @@ def write_seg_search_report(searcher: Any, result: dict[str, Any]) -> None:
         "",
     ]
     if result["records"]:
-        ops = list(searcher.cell.ops)
         lines += [
             "## Perturbation selection",
             "",
             f"mIoU drop ({n_eval} images of the arch half) when each op of an edge is masked; "
             "the op whose removal hurts most is kept (ties: the larger loss increase). In "
-            "selection.json, base_acc / op_acc hold mIoU. Edges in selection order.",
+            "selection.json, base_acc / op_acc hold mIoU. mIoU is a whole-set score with no "
+            "per-image value, so the drops carry no standard errors and no within-noise flag "
+            "(classification searches have both). Edges in selection order.",
             "",
-            markdown_table(
-                ["edge", "from->to", "base mIoU", *[f"drop {o}" for o in ops], "kept"],
-                [
-                    [
-                        r["edge"],
-                        f"{r['src']}->{r['dst']}",
-                        r["base_acc"],
-                        *[r["drop"][o] for o in ops],
-                        r["chosen"],
-                    ]
-                    for r in result["records"]
-                ],
-            ),
+            selection_table(result["records"], list(searcher.cell.ops), "mIoU"),
             "",
             "![selection](selection.png)",
             "",

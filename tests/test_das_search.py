@@ -78,11 +78,11 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     calls = {"n": 0}
     original_eval = search.Searcher.evaluate
 
-    def flaky_eval(self):  # dies in epoch 2's evaluation, after epoch 1's checkpoint
+    def flaky_eval(self, *args):  # dies in epoch 2's evaluation, after epoch 1's checkpoint
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return original_eval(self)
+        return original_eval(self, *args)
 
     monkeypatch.setattr(search.Searcher, "evaluate", flaky_eval)
     assert search.main([*TINY, "--out", str(tmp_path / "cut"), *args]) == 130  # as Ctrl-C
@@ -91,11 +91,11 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     calls["n"] = -100
     calls_sel = {"n": 0}
 
-    def flaky_select_eval(self):
+    def flaky_select_eval(self, *args):
         calls_sel["n"] += 1
         if self.stage == "select" and calls_sel["n"] == 2 + 6 + 2:
             raise KeyboardInterrupt
-        return original_eval(self)
+        return original_eval(self, *args)
 
     monkeypatch.setattr(search.Searcher, "evaluate", flaky_select_eval)
     assert search.main(["--resume", "--out", str(tmp_path / "cut"), "--no-progress"]) == 130
