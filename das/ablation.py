@@ -78,14 +78,17 @@ def _finished(sub: RunConfig) -> dict[str, Any] | None:
     return result
 
 
-def run_ablation(cfg: RunConfig, env: DistEnv | None = None) -> list[dict[str, Any]]:
+def run_ablation(
+    cfg: RunConfig, env: DistEnv | None = None, command: str | None = None
+) -> list[dict[str, Any]]:
     """Every run of ``ablation_runs`` (``--jobs`` at once in separate processes, or one
-    after another in this one, which may be a torchrun rank), then the tables."""
+    after another in this one, which may be a torchrun rank), then the tables (``command``:
+    the command line, for ablation.md)."""
     assert cfg.train is not None
     runs = ablation_runs(cfg)
     if cfg.train.jobs > 1:
         results = _run_parallel(runs, cfg.train.jobs)
-        write_ablation_report(results, cfg.out, cfg)
+        write_ablation_report(results, cfg.out, cfg, command)
         _receptive_fields(cfg, runs)
         return results
     with session.process(cfg.runtime.device, None, env) as env:
@@ -99,7 +102,7 @@ def run_ablation(cfg: RunConfig, env: DistEnv | None = None) -> list[dict[str, A
                 result = run_train(sub, env, bundle)
             results.append(result)
         if env.is_main:
-            write_ablation_report(results, cfg.out, cfg)
+            write_ablation_report(results, cfg.out, cfg, command)
             _receptive_fields(cfg, runs)
         return results
 

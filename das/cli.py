@@ -570,7 +570,8 @@ def _train_parser() -> argparse.ArgumentParser:
         "--policy",
         default=None,
         help="train the 2D baseline network with each training image augmented by a policy, "
-        "on top of flip/crop: flipcrop (nothing more), randaugment:N,M, trivialaugment, "
+        "on top of flip/crop: flipcrop (nothing more), randaugment:N,M (1<=N<=15, 0<M<30), "
+        "trivialaugment, "
         "autoaugment:cifar10|imagenet|svhn (kornia's), dra:policy.json (das.search --method "
         "dra) or das:genotype.json (one frame of the genotype's video per image)",
     )

@@ -56,7 +56,9 @@ def evaluate_checkpoint(
         genotype = Genotype.from_dict(ckpt["genotype"]) if ckpt["genotype"] else None
         aspect = bundle.train.x.shape[-1] / bundle.train.x.shape[-2]
         with ops_backend(ops_backend_name):
-            network = session.variant_network(cfg, genotype, meta, aspect).to(env.device)
+            network = session.variant_network(cfg, genotype, meta, aspect, augment=False).to(
+                env.device
+            )
             network.load_state_dict(ckpt["network"])
             loader = session.eval_loader(bundle.val, batch_size, meta.mean, meta.std, env)
             chunk = session.eval_chunk(cfg)

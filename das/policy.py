@@ -6,8 +6,9 @@ image. Specs:
 
 * ``flipcrop``: nothing more than the loader's flip and pad-crop (the plain baseline).
 * ``randaugment:N,M``, ``trivialaugment``, ``autoaugment:cifar10|imagenet|svhn``: kornia's
-  ``kornia.augmentation.auto`` implementations (``RandAugment(n=N, m=M)``, M in 0..30 as in
-  kornia; ``TrivialAugment()``; ``AutoAugment(policy=...)``), not re-implementations.
+  ``kornia.augmentation.auto`` implementations, not re-implementations:
+  ``RandAugment(n=N, m=M)`` (1 <= N <= 15 ops, magnitude 0 < M < 30: each op at M/30 of
+  its range, as in kornia), ``TrivialAugment()``, ``AutoAugment(policy=...)``.
 * ``dra:policy.json``: a policy learned by ``das.search --method dra``
   (:class:`das.dra.DRAPolicy`: per layer an op drawn by its weights, magnitude from
   N(mu, sigma^2), applied with probability U(0.2, 0.8)).
@@ -21,6 +22,8 @@ image. Specs:
 Kornia and DRA policies act on [0, 1] pixels: the normalised batch is un-normalised with the
 data's mean/std, clamped to [0, 1], augmented and normalised back (kornia's on three
 channels: a grayscale image goes through as three equal channels, back as their mean).
+Kornia draws a policy's op(s) once per call for the whole batch; the papers draw them per
+image, so kornia's policy is called on each image separately (``build_policy(group=1)``).
 Their randomness comes from torch's global generator, which the trainer seeds per rank and
 checkpoints, so ``--resume`` repeats the augmentation.
 """
@@ -50,7 +53,7 @@ __all__ = [
 
 POLICY_KINDS = ("flipcrop", "randaugment", "trivialaugment", "autoaugment", "dra", "das")
 AUTOAUGMENT_POLICIES = ("cifar10", "imagenet", "svhn")
-RANDAUGMENT_MAX_M = 30  # kornia's magnitude scale
+RANDAUGMENT_M_SCALE = 30  # kornia's RandAugment: magnitude m / 30 of each op's range, 0 < m < 30
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,12 @@ def parse_policy(text: str) -> PolicySpec:
             n, m = (int(p) for p in parts)
         except ValueError:
             n = m = -1
-        if len(parts) != 2 or n < 1 or not 0 <= m <= RANDAUGMENT_MAX_M:
+        max_n = _randaugment_ops()
+        if len(parts) != 2 or not 1 <= n <= max_n or not 0 < m < RANDAUGMENT_M_SCALE:
             raise ValueError(
-                f"expected randaugment:N,M with N >= 1 ops and magnitude 0 <= M <= "
-                f"{RANDAUGMENT_MAX_M} (kornia's scale), got {text!r}"
+                f"expected randaugment:N,M with 1 <= N <= {max_n} ops (kornia's RandAugment "
+                f"draws them without replacement) and magnitude 0 < M < {RANDAUGMENT_M_SCALE} "
+                f"(kornia's scale, exclusive), got {text!r}"
             )
         return PolicySpec(kind, (n, m))
     if kind == "autoaugment":
@@ -107,6 +112,13 @@ def parse_policy(text: str) -> PolicySpec:
     if spec.kind != kind:
         raise ValueError(f"{rest} is a {spec.kind} file, not a {kind} one (use {spec.kind}:)")
     return spec
+
+
+def _randaugment_ops() -> int:
+    """How many ops kornia's default RandAugment chooses from (the largest N)."""
+    from kornia.augmentation.auto.rand_augment.rand_augment import default_policy
+
+    return len(default_policy)
 
 
 _SYNTAX = (
@@ -164,7 +176,10 @@ def parse_policy_list(text: str) -> list[PolicySpec]:
     specs = [parse_policy(t) for t in tokens]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise ValueError(f"policies repeat a name: {names}")
+        raise ValueError(
+            f"policies repeat a name: {names} (each run is OUT/<name>; dra: and das: files "
+            "are named dra and das, so compare two of a kind in separate ablations)"
+        )
     return specs
 
 
@@ -174,7 +189,10 @@ class PolicyAugment(nn.Module):
 
     ``augment`` maps a batch to an augmented batch, on [0, 1] pixels when ``in_pixels``
     (un-normalised with ``mean``/``std`` around it) else on the normalised batch; None: the
-    identity (flipcrop)."""
+    identity (flipcrop). ``source``, the module behind ``augment`` (kornia op, DRA policy,
+    cell), follows ``.to()`` and ``.train()`` but is not a submodule: the policy is rebuilt
+    from its spec, so checkpoints hold none of its state and load into the plain 2D network
+    (what evaluation builds: the policy does not act there)."""
 
     def __init__(
         self,
@@ -186,9 +204,25 @@ class PolicyAugment(nn.Module):
     ) -> None:
         super().__init__()
         self.augment, self.in_pixels = augment, in_pixels
-        self.source = source  # the module behind `augment` (kornia op, DRA policy, cell)
+        self._source = () if source is None else (source,)  # a tuple: not registered
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def source(self) -> nn.Module | None:
+        return self._source[0] if self._source else None
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> PolicyAugment:  # .to(), .cuda()
+        super()._apply(fn, recurse)
+        for module in self._source:
+            module._apply(fn, recurse)
+        return self
+
+    def train(self, mode: bool = True) -> PolicyAugment:
+        super().train(mode)
+        for module in self._source:
+            module.train(mode)
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.augment is None:
@@ -200,22 +234,30 @@ class PolicyAugment(nn.Module):
         return ((out - self.mean) / self.std).to(x.dtype).unsqueeze(1)
 
 
-def _on_rgb(op: nn.Module) -> Callable[[Tensor], Tensor]:
-    """`op` on RGB images; grayscale ones (C = 1) go through as three equal channels and
-    come back as their mean (kornia's colour ops need C = 3)."""
+def _kornia_per_group(op: nn.Module, group: int) -> Callable[[Tensor], Tensor]:
+    """`op` (a ``kornia.augmentation.auto`` policy) on (B, C, H, W) pixels, called once per
+    `group` images: kornia draws the op(s) once per call for its whole batch (only magnitudes
+    and probabilities per image), while the papers draw them per image, so ``group=1``
+    (every image its own draw) is the faithful setting. Grayscale images (C = 1) go through
+    as three equal channels and come back as their mean (kornia's colour ops need C = 3)."""
 
     def apply(x: Tensor) -> Tensor:
-        if x.shape[1] == 1:
-            return op(x.expand(-1, 3, -1, -1)).mean(1, keepdim=True)
-        return op(x)
+        rgb = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        out = torch.cat([op(part) for part in rgb.split(group)])
+        return out.mean(1, keepdim=True) if x.shape[1] == 1 else out
 
     return apply
 
 
 def build_policy(
-    spec: PolicySpec, mean: Sequence[float], std: Sequence[float], aspect: float = 1.0
+    spec: PolicySpec,
+    mean: Sequence[float],
+    std: Sequence[float],
+    aspect: float = 1.0,
+    group: int = 1,
 ) -> PolicyAugment:
-    """The :class:`PolicyAugment` of `spec` for data normalised with (mean, std)."""
+    """The :class:`PolicyAugment` of `spec` for data normalised with (mean, std); kornia's
+    policies draw their ops once per `group` images (1: per image, as in the papers)."""
     if spec.kind == "flipcrop":
         return PolicyAugment(None, mean, std)
     if spec.kind in ("randaugment", "trivialaugment", "autoaugment"):
@@ -228,7 +270,7 @@ def build_policy(
             op = auto.TrivialAugment()
         else:
             op = auto.AutoAugment(policy=str(spec.args[0]))
-        return PolicyAugment(_on_rgb(op), mean, std, source=op)
+        return PolicyAugment(_kornia_per_group(op, group), mean, std, source=op)
     path = str(spec.args[0])
     if spec.kind == "dra":
         from das.dra import DRAPolicy
@@ -239,7 +281,7 @@ def build_policy(
     _check_not_identity(genotype, path)
     from das.variants import RandomFrameCell
 
-    frames = RandomFrameCell(DiscreteCell(genotype, aspect, mean, std)).train()
+    frames = RandomFrameCell(DiscreteCell(genotype, aspect, mean, std))
     gain = (2.0**genotype.nodes - 1) / genotype.nodes
 
     def one_frame(x: Tensor) -> Tensor:

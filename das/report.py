@@ -376,9 +376,12 @@ def _paired_differences(
     return rows
 
 
-def write_ablation_report(results: list[dict[str, Any]], out: Path, cfg: RunConfig) -> None:
-    """ablation.json (every run) and ablation.md: one row per (variant, fusion), val acc mean
-    +- sample sd over seeds, and DAS's differences paired by seed."""
+def write_ablation_report(
+    results: list[dict[str, Any]], out: Path, cfg: RunConfig, command: str | None = None
+) -> None:
+    """ablation.json (every run) and ablation.md: one row per (variant, fusion) (or policy),
+    val acc mean +- sample sd over seeds, and DAS's (each policy's) differences paired by
+    seed; ``command``: the command line that ran it, quoted in ablation.md."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(results, indent=1) + "\n", out / "ablation.json")
     groups = _groups(results)
@@ -414,12 +417,13 @@ def write_ablation_report(results: list[dict[str, Any]], out: Path, cfg: RunConf
     header += ["per seed", f"best val {name} %", f"last train {name} %", "s/step"]
     header += ["train s (all seeds)"]
     lines = [
-        "# DAS ablation",
+        "# Image-to-image policies" if t.policies is not None else "# DAS ablation",
         "",
         f"- data: {results[0]['data'] if results else cfg.data.data}",
         f"- arch: {cfg.model.arch} (width x{cfg.model.width_mult}), budget: {budget}, "
         f"batch {t.batch_size}",
         f"- genotype: {t.genotype}" if t.policies is None else f"- policies: {t.policies}",
+        *([f"- command: `{command}`"] if command else []),
         "",
         markdown_table(header, rows),
         "",
@@ -436,10 +440,13 @@ def write_ablation_report(results: list[dict[str, Any]], out: Path, cfg: RunConf
     ]
     policies = t.policies is not None
     if policies:
-        paired = _paired_differences(groups, f"val_{metric}", "flipcrop", -1.0)
+        paired = [
+            [row[1], *row[3:]]  # 2D runs: no fusion columns
+            for row in _paired_differences(groups, f"val_{metric}", "flipcrop", -1.0)
+        ]
         heading = f"Each policy minus flipcrop, paired by seed (val {name} points; > 0: the "
         heading += "policy is better):"
-        columns = ["flipcrop fusion", "policy", "fusion", "seeds", "difference", "policy wins"]
+        columns = ["policy", "seeds", "difference", "policy wins"]
     else:
         paired = _paired_differences(groups, f"val_{metric}")
         heading = f"DAS minus each variant, paired by seed (val {name} points; > 0: DAS is "

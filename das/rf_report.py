@@ -117,7 +117,7 @@ def _stage_features(network: Any, stage: int):
 
 def _network(cfg: RunConfig, ckpt: dict[str, Any], meta: Any, aspect: float, weights: bool):
     genotype = Genotype.from_dict(ckpt["genotype"]) if ckpt["genotype"] else None
-    network = session.variant_network(cfg, genotype, meta, aspect)
+    network = session.variant_network(cfg, genotype, meta, aspect, augment=False)
     if weights:
         network.load_state_dict(ckpt["network"])
     return network.eval()

@@ -245,9 +245,15 @@ def train_genotype(cfg: RunConfig) -> Genotype | None:
 
 
 def variant_network(
-    cfg: RunConfig, genotype: Genotype | None, meta: DataMeta, aspect: float
+    cfg: RunConfig,
+    genotype: Genotype | None,
+    meta: DataMeta,
+    aspect: float,
+    augment: bool = True,
 ) -> VideoNetwork:
-    """The network of ``cfg.train.variant`` (see :mod:`das.variants`)."""
+    """The network of ``cfg.train.variant`` (see :mod:`das.variants`); ``augment=False``
+    leaves out a ``--policy`` (evaluation: it does not act there, and its files need not
+    exist any more)."""
     assert cfg.train is not None
     model = cfg.model
     network = build_network(
@@ -264,7 +270,7 @@ def variant_network(
         aspect=aspect,
         pixel_stats=(meta.mean, meta.std),
     )
-    if cfg.train.policy is not None:  # the 2D baseline, its images augmented (das.policy)
+    if augment and cfg.train.policy is not None:  # the 2D baseline, images augmented
         from das.policy import build_policy, parse_policy
 
         network.cell = build_policy(parse_policy(cfg.train.policy), meta.mean, meta.std, aspect)

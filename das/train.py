@@ -15,7 +15,9 @@ continues it, ``--eval-only`` evaluates it (also ``python -m das.evaluate``). Un
 
 from __future__ import annotations
 
+import functools
 import json
+import shlex
 import sys
 import time
 from typing import Any
@@ -84,6 +86,16 @@ class Trainer:
         self.log: list[dict[str, Any]] = []
         self.seconds = 0.0
 
+    @functools.cached_property
+    def name(self) -> str:
+        """The variant, or with ``--policy`` the policy's name (``randaugment-2-9``)."""
+        t = self.settings
+        if t.policy is None:
+            return t.variant
+        from das.policy import parse_policy
+
+        return parse_policy(t.policy).name
+
     @property
     def params(self) -> int:
         return sum(p.numel() for p in self.backbone.parameters())
@@ -124,7 +136,7 @@ class Trainer:
         meter = Meter()
         n_steps = min(self.steps_per_epoch, self.total_steps - self.step)
         t_steps = 0.0
-        label = t.variant + (f"/{self.cfg.model.fusion}" if t.variant in VIDEO_VARIANTS else "")
+        label = self.name + (f"/{self.cfg.model.fusion}" if t.variant in VIDEO_VARIANTS else "")
         bar = tqdm(
             range(n_steps),
             desc=f"{label} {self.epoch + 1}/{t.epochs}",
@@ -175,7 +187,7 @@ class Trainer:
             if self.env.is_main:
                 name, key = self.METRIC
                 msg = (
-                    f"[{t.variant}] epoch {self.epoch}: train loss {stats['train_loss']:.4f} "
+                    f"[{self.name}] epoch {self.epoch}: train loss {stats['train_loss']:.4f} "
                     f"{name} {stats['train_' + key]:.4f}"
                 )
                 if ev is not None:
@@ -209,7 +221,7 @@ class Trainer:
         accs = [r["val_acc"] for r in self.log if "val_acc" in r]
         steps = [r["sec_per_step"] for r in self.log]
         return {
-            "variant": t.variant if t.policy is None else _policy_name(t.policy),
+            "variant": self.name,
             "policy": t.policy,
             "seed": self.cfg.seed,
             "fusion": self.cfg.model.fusion if video else "none",
@@ -226,12 +238,6 @@ class Trainer:
             "sec_per_step": sum(steps) / max(len(steps), 1),
             "data": self.bundle.describe(),
         }
-
-
-def _policy_name(spec: str) -> str:
-    from das.policy import parse_policy
-
-    return parse_policy(spec).name
 
 
 def run_train(
@@ -263,12 +269,13 @@ def run_train(
     return session.run_job(cfg, env, make)
 
 
-def _main(cfg: RunConfig) -> int:
+def _main(cfg: RunConfig, argv: list[str] | None = None) -> int:
     assert cfg.train is not None
     if cfg.train.ablation:
         from das.ablation import run_ablation
 
-        run_ablation(cfg)
+        args = sys.argv[1:] if argv is None else argv
+        run_ablation(cfg, command=f"python -m das.train {shlex.join(args)}")
         if cli.is_main_process():
             print((cfg.out / "ablation.md").read_text())
     else:
@@ -283,7 +290,7 @@ def _main(cfg: RunConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_cli("train", argv, _main)
+    return cli.run_cli("train", argv, lambda cfg: _main(cfg, argv))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pytest
 import torch
 from das_testing import TINY_DATA
 
-from das import train
+from das import evaluate, train
 from das.cell import DiscreteCell, Genotype
 from das.dra import DRAPolicy
 from das.policy import PolicySpec, build_policy, parse_policy, parse_policy_list
@@ -39,7 +39,10 @@ def test_specs_parse_and_name(tmp_path):
         ("fancyaugment", "unknown policy"),
         ("randaugment:2", "randaugment:N,M"),
         ("randaugment:0,9", "randaugment:N,M"),
-        ("randaugment:2,31", "randaugment:N,M"),
+        ("randaugment:2,30", "0 < M < 30"),
+        ("randaugment:2,0", "0 < M < 30"),
+        ("randaugment:16,9", "1 <= N <= 15"),
+        ("randaugment:2,x", "randaugment:N,M"),
         ("autoaugment:mnist", "autoaugment:cifar10|imagenet|svhn"),
         ("trivialaugment:3", "takes no arguments"),
         ("dra:missing.json", "not found"),
@@ -139,3 +142,77 @@ def test_train_with_a_policy_and_the_ablation_over_policies(tmp_path):
     assert (ab / "randaugment-1-5" / "seed1" / "checkpoint.pt").is_file()
     text = (ab / "ablation.md").read_text()
     assert "Each policy minus flipcrop" in text and "| randaugment-1-5 |" in text
+    assert text.startswith("# Image-to-image policies") and "| randaugment-1-5 | 2 |" in text
+    assert "- command: `python -m das.train " in text and "randaugment:1,5 --seeds 0,1" in text
+
+
+def test_policy_run_resumes_as_if_uninterrupted(tmp_path, monkeypatch):
+    """kornia draws from torch's global generator, which the checkpoint restores."""
+    args = [*TINY_DATA, "--policy", "randaugment:2,9", "--epochs", "2", "--limit-train", "16"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert train.main([*args, "--out", str(full)]) == 0
+    original, calls = train.Trainer.evaluate, {"n": 0}
+
+    def dying_evaluate(self):
+        calls["n"] += 1
+        if calls["n"] == 2:  # after epoch 1's checkpoint
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(train.Trainer, "evaluate", dying_evaluate)
+    assert train.main([*args, "--out", str(cut)]) == 130
+    monkeypatch.setattr(train.Trainer, "evaluate", original)
+    assert train.main(["--resume", "--out", str(cut), "--no-progress"]) == 0
+    a = torch.load(full / "checkpoint.pt", weights_only=False)["network"]
+    b = torch.load(cut / "checkpoint.pt", weights_only=False)["network"]
+    assert a.keys() == b.keys() and not any(k.startswith("cell.") for k in a)  # no policy state
+    for name, value in a.items():
+        assert torch.equal(value, b[name]), name
+
+
+def test_policy_checkpoint_evaluates_without_its_policy_file(tmp_path):
+    path = _genotype(tmp_path)
+    run = tmp_path / "run"
+    argv = [*TINY_DATA, "--policy", f"das:{path}", "--epochs", "1", "--max-steps", "2"]
+    assert train.main([*argv, "--out", str(run)]) == 0
+    val = json.loads((run / "result.json").read_text())["val_acc"]
+    path.unlink()  # evaluation builds the plain 2D network: the policy does not act there
+    assert evaluate.main([str(run / "checkpoint.pt")]) == 0
+    assert json.loads((run / "eval.json").read_text())["val_acc"] == val
+
+
+def test_policy_modules_follow_the_network():
+    policy = build_policy(parse_policy("flipcrop"), MEAN, STD)
+    assert policy.source is None and list(policy.state_dict()) == []
+    g = Genotype(("scale",), nodes=1, frames=2, mode="centered")
+    frames = DiscreteCell(g, 1.0, MEAN, STD)
+    from das.policy import PolicyAugment
+
+    policy = PolicyAugment(frames, MEAN, STD, in_pixels=False, source=frames).double().eval()
+    assert frames.theta.dtype == torch.float64 and not frames.training
+    assert list(policy.state_dict()) == [] and list(policy.parameters()) == []
+
+
+@pytest.mark.parametrize("group, calls", [(1, [1] * 6), (4, [4, 2])])
+def test_kornia_draws_its_ops_per_image(group, calls, monkeypatch):
+    """kornia draws a policy's ops once per call for its whole batch; the papers per image."""
+    import kornia.augmentation.auto as auto
+
+    seen, forward = [], auto.TrivialAugment.forward
+
+    def counting(self, x, *args, **kwargs):
+        seen.append(len(x))
+        return forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(auto.TrivialAugment, "forward", counting)
+    policy = build_policy(parse_policy("trivialaugment"), MEAN, STD, group=group).train()
+    assert policy(torch.randn(6, 3, 8, 8)).shape == (6, 1, 3, 8, 8) and seen == calls
+
+
+def test_flipcrop_trains_exactly_the_plain_baseline(tmp_path):
+    args = [*TINY_DATA, "--epochs", "1", "--max-steps", "2"]
+    assert train.main([*args, "--variant", "baseline", "--out", str(tmp_path / "b")]) == 0
+    assert train.main([*args, "--policy", "flipcrop", "--out", str(tmp_path / "f")]) == 0
+    a = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["network"]
+    b = torch.load(tmp_path / "f" / "checkpoint.pt", weights_only=False)["network"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
