@@ -51,6 +51,7 @@ __all__ = [
     "ENHANCE",
     "EXACT",
     "MAGNITUDE_FREE",
+    "OP_GROUPS",
     "SPACES",
     "OpSpec",
     "affine_theta",
@@ -58,6 +59,7 @@ __all__ = [
     "check_ops",
     "op_table",
     "parameter",
+    "resolve_dra_ops",
 ]
 
 DRA_OPS: tuple[str, ...] = (
@@ -192,6 +194,22 @@ def apply_colour(
     else:
         raise ValueError(f"{name!r} is not a DRA colour op")
     return out + (m - m.detach()).view(-1, 1, 1, 1).to(out.dtype)
+
+
+# ``--dra-ops`` names for groups of operators
+OP_GROUPS: dict[str, tuple[str, ...]] = {
+    "all": DRA_OPS,
+    "affine": tuple(op for op in DRA_OPS if op in AFFINE),
+    "colour": tuple(op for op in DRA_OPS if op not in AFFINE),
+}
+
+
+def resolve_dra_ops(spec: str) -> tuple[str, ...]:
+    """``--dra-ops``: a group (``all``, ``affine``, ``colour``) or a comma list of op names ->
+    the op names in order; ValueError naming unknown, repeated or no names."""
+    if spec in OP_GROUPS:
+        return OP_GROUPS[spec]
+    return check_ops([op.strip() for op in spec.split(",") if op.strip()])
 
 
 def check_ops(ops: Sequence[str]) -> tuple[str, ...]:
