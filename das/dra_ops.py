@@ -20,6 +20,10 @@ cutout          side 0 -> 0.2 of min(H, W)  side 0 -> 0.2 (FAA's ImageNet cutout
 auto_contrast, equalize, invert: magnitude-free
 ==============  ======================  ===============================================
 
+Geometric ops act about the image centre (Pillow's shear: about the top-left corner, a
+translation apart) and fill with black (zero padding, as FAA's Pillow calls without
+``fillcolor``). ``--dra-ops`` picks a subset (:func:`resolve_dra_ops`).
+
 Images are ``(N, C, H, W)`` in [0, 1] pixel space. Affine operators are turned into
 sampling matrices (:func:`affine_theta`) and warped by the caller in one
 ``das_kernels.multi_affine_warp`` call per layer; colour operators run here
