@@ -201,6 +201,12 @@ def add_dra_args(p: argparse.ArgumentParser) -> None:
         help="DRA: training images searched on (seeded subset), half for the network's "
         "weights, half for the policy",
     )
+    g.add_argument(
+        "--dra-ops",
+        default="all",
+        help="DRA: the operators, a group (all = the 16 of Table I, affine, colour) or a "
+        "comma list of names (das.dra_ops.DRA_OPS)",
+    )
 
 
 def method_defaults(command: str, args: argparse.Namespace, argv: list[str] | None) -> None:

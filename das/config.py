@@ -26,6 +26,7 @@ import torch
 
 from das.cell import SEARCH_SPACES, Genotype, resolve_ops
 from das.data import DataError, detect_format
+from das.dra_ops import OP_GROUPS, resolve_dra_ops
 from das.models import FUSIONS, gsf_problem
 from das.variants import NEEDS_GENOTYPE, SEG_VARIANTS, VARIANTS, VIDEO_VARIANTS
 
@@ -164,8 +165,9 @@ class TaskConfig:
 class DRAConfig:
     """``--method``: das (the DAS cell search, default) or dra (Differentiable RandAugment,
     :mod:`das.dra_search`), and DRA's settings (ignored by das): policy layers, operator
-    ranges, Gumbel temperature, KL weight, the policy's AdamW learning rate and the proxy
-    size (training images searched on, half for the weights, half for the policy)."""
+    ranges, Gumbel temperature, KL weight, the policy's AdamW learning rate, the proxy
+    size (training images searched on, half for the weights, half for the policy) and the
+    operators (``--dra-ops``)."""
 
     method: str  # das | dra
     dra_layers: int
@@ -174,6 +176,7 @@ class DRAConfig:
     dra_kl_weight: float
     dra_lr: float
     proxy_images: int
+    dra_ops: str  # all | affine | colour | a comma list (das.dra_ops.resolve_dra_ops)
 
     @property
     def dra(self) -> bool:
@@ -311,6 +314,8 @@ class RunConfig:
         missing = [n for n in OPTIONAL_SECTIONS if n in wanted and n not in d]
         if missing:  # written before the section existed: its defaults (classification)
             d = {**d, **_default_sections(command, missing)}
+        for name, section in _later_fields(d, command, wanted).items():
+            d = {**d, name: section}  # an optional section's fields added later: defaults
         problems = [f"unknown field {k!r}" for k in d if k != "command" and k not in _SECTIONS]
         problems += [
             f"unknown field {k!r} for a {command} run"
@@ -356,6 +361,22 @@ def _default_sections(command: str, names: list[str]) -> dict[str, dict[str, Any
 
     values = vars(build_parser(command).parse_args([]))
     return {n: {f.name: values[f.name] for f in fields(_SECTIONS[n])} for n in names}
+
+
+def _later_fields(d: dict[str, Any], command: str, wanted: tuple[str, ...]) -> dict[str, Any]:
+    """The optional sections of `d` that lack fields (added to the section after `d` was
+    written, e.g. ``dra.dra_ops``), completed with the command line's defaults."""
+    short = [
+        n
+        for n in OPTIONAL_SECTIONS
+        if n in wanted
+        and isinstance(d.get(n), dict)
+        and any(f.name not in d[n] for f in fields(_SECTIONS[n]))
+    ]
+    if not short:
+        return {}
+    defaults = _default_sections(command, short)
+    return {n: {**defaults[n], **d[n]} for n in short}
 
 
 def _unknown(names: list[str], show: int = 6) -> str:
@@ -540,6 +561,11 @@ def _check_dra(cfg: RunConfig) -> None:
         raise ConfigError("--order 2: DRA's policy step is first order; drop --order")
     if cfg.dra.proxy_images < 4:
         raise ConfigError(f"--proxy-images {cfg.dra.proxy_images}: need at least 4 images")
+    try:
+        resolve_dra_ops(cfg.dra.dra_ops)
+    except ValueError as exc:
+        groups = ", ".join(OP_GROUPS)
+        raise ConfigError(f"--dra-ops {cfg.dra.dra_ops!r}: {exc} (or a group: {groups})") from None
 
 
 def _check_train(cfg: RunConfig) -> None:

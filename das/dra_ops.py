@@ -20,6 +20,10 @@ cutout          side 0 -> 0.2 of min(H, W)  side 0 -> 0.2 (FAA's ImageNet cutout
 auto_contrast, equalize, invert: magnitude-free
 ==============  ======================  ===============================================
 
+Geometric ops act about the image centre (Pillow's shear: about the top-left corner, a
+translation apart) and fill with black (zero padding, as FAA's Pillow calls without
+``fillcolor``). ``--dra-ops`` picks a subset (:func:`resolve_dra_ops`).
+
 Images are ``(N, C, H, W)`` in [0, 1] pixel space. Affine operators are turned into
 sampling matrices (:func:`affine_theta`) and warped by the caller in one
 ``das_kernels.multi_affine_warp`` call per layer; colour operators run here
@@ -52,6 +56,7 @@ __all__ = [
     "ENHANCE",
     "EXACT",
     "MAGNITUDE_FREE",
+    "OP_GROUPS",
     "SPACES",
     "OpSpec",
     "affine_theta",
@@ -59,6 +64,7 @@ __all__ = [
     "check_ops",
     "op_table",
     "parameter",
+    "resolve_dra_ops",
 ]
 
 # the DAS paper's 13-op space (its affine ops, then das_kernels.colour's) + DRA's three
@@ -177,6 +183,22 @@ def apply_colour(
     else:
         raise ValueError(f"{name!r} is not a DRA colour op")
     return out + (m - m.detach()).view(-1, 1, 1, 1).to(out.dtype)
+
+
+# ``--dra-ops`` names for groups of operators
+OP_GROUPS: dict[str, tuple[str, ...]] = {
+    "all": DRA_OPS,
+    "affine": tuple(op for op in DRA_OPS if op in AFFINE),
+    "colour": tuple(op for op in DRA_OPS if op not in AFFINE),
+}
+
+
+def resolve_dra_ops(spec: str) -> tuple[str, ...]:
+    """``--dra-ops``: a group (``all``, ``affine``, ``colour``) or a comma list of op names ->
+    the op names in order; ValueError naming unknown, repeated or no names."""
+    if spec in OP_GROUPS:
+        return OP_GROUPS[spec]
+    return check_ops([op.strip() for op in spec.split(",") if op.strip()])
 
 
 def check_ops(ops: Sequence[str]) -> tuple[str, ...]:

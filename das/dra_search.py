@@ -37,7 +37,7 @@ from das import session
 from das.config import RunConfig
 from das.data import BatchStream, DataBundle, ImageSet
 from das.dra import DRAPolicy
-from das.dra_ops import DRA_OPS, op_table
+from das.dra_ops import op_table, resolve_dra_ops
 from das.engine import Meter, autocast, cosine_lr, evaluate, make_sgd, set_lr, weight_step
 from das.models import build_backbone
 from das.report import markdown_table, plt_module, write_log
@@ -107,7 +107,9 @@ class DRASearcher:
             width_mult=m.width_mult,
         ).to(self.dev)
         self.ddp_network = session.distribute(self.network, env)
-        self.policy = DRAPolicy(DRA_OPS, r.dra_space, r.dra_layers, r.dra_temperature)
+        self.policy = DRAPolicy(
+            resolve_dra_ops(r.dra_ops), r.dra_space, r.dra_layers, r.dra_temperature
+        )
         self.policy.to(self.dev)
         self.p_params = list(self.policy.parameters())
         self.w_opt = make_sgd(self.network.parameters(), s.w_lr, s.w_momentum, s.w_wd)

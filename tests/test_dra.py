@@ -12,7 +12,7 @@ from das_testing import TINY_DATA
 from das import dra_search, search
 from das.cli import METHOD_DEFAULTS, parse_config
 from das.dra import DRAPolicy, LayerDraw
-from das.dra_ops import DRA_OPS, EXACT, SPACES
+from das.dra_ops import DRA_OPS, EXACT, SPACES, resolve_dra_ops
 
 
 def _fixed_draw(batch: int, n: int, eps: float, sign: float, favour: int = 0) -> LayerDraw:
@@ -211,6 +211,9 @@ def test_method_defaults_apply_only_when_not_given() -> None:
         (["--order", "2"], "--order 2"),
         (["--rf"], "--rf"),
         (["--method", "ra"], "--method: invalid choice"),
+        (["--dra-ops", "rotate,zoom"], "--dra-ops 'rotate,zoom'"),
+        (["--dra-ops", "rotate,rotate"], "--dra-ops 'rotate,rotate'"),
+        (["--dra-ops", ","], "--dra-ops ','"),
     ],
 )
 def test_bad_dra_cli_exits_2(argv, message, capsys) -> None:
@@ -239,3 +242,19 @@ def test_one_warp_call_per_layer(monkeypatch) -> None:
     k, _ = policy.select(0, draws[0].gumbel.float())
     colour = ~policy.is_affine[k]
     assert colour.any() and out.shape == x.shape
+
+
+def test_dra_ops_subset_and_configs_written_before_it(tmp_path) -> None:
+    from das.config import RunConfig
+    from das.dra_ops import OP_GROUPS
+
+    cfg = parse_config("search", ["--method", "dra", "--dra-ops", " invert, rotate "])
+    assert resolve_dra_ops(cfg.dra.dra_ops) == ("invert", "rotate")
+    assert len(OP_GROUPS["affine"]) == 5 and len(OP_GROUPS["colour"]) == 11
+    old = cfg.to_dict()
+    del old["dra"]["dra_ops"]  # a config.json written before --dra-ops existed
+    assert RunConfig.from_dict(old).dra.dra_ops == "all"
+    out = tmp_path / "subset"
+    assert _dra_search(out, "--dra-ops", "affine", "--epochs", "1", "--dra-layers", "1") == 0
+    policy = DRAPolicy.load(out / "policy.json")
+    assert policy.ops == OP_GROUPS["affine"] and policy.layers == 1
