@@ -513,10 +513,8 @@ def _check_policy(cfg: RunConfig) -> None:
         raise ConfigError(
             f"--policy augments the 2D baseline network; it cannot train --variant {t.variant}"
         )
-    if t.policies is not None and t.seeds is not None:
-        seeds = comma_list(t.seeds)
-        if not seeds or not all(s.isdigit() for s in seeds) or len(set(seeds)) < len(seeds):
-            raise ConfigError(f"--seeds: expected distinct non-negative integers: {t.seeds!r}")
+    if t.policies is not None:
+        _check_seeds(t.seeds)
 
 
 def _check_search(cfg: RunConfig) -> None:

@@ -452,8 +452,8 @@ def write_train_fields(checkpoints: Sequence[Path], out: Path, report: Path | No
     into `out`, and its section appended to `report` (ablation.md) or written to
     ``out/rf.md``."""
     argv = [str(p) for p in checkpoints] + ["--out", str(out)]
-    main(argv)
-    payload = json.loads((out / "rf.json").read_text())
+    args = _parser().parse_args(argv)
+    payload = write_outputs(receptive_fields(args), args, argv, out)
     folder = "rf" if report is not None else "."
     section = markdown(payload, folder)
     if report is not None:
